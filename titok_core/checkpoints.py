@@ -1,0 +1,245 @@
+"""Checkpoints: the official `.bin` state dicts and our own `model.safetensors` + `config.json`.
+
+Official files are plain state-dict pickles; they are read with `torch.load(weights_only=True)`
+(no code runs) and renamed onto our modules. Their architecture is inferred from the tensor shapes,
+so `load_model("tokenizer_titok_l32.bin")` needs no preset. Our format is a directory whose
+config.json says what the model is and every size in it, so it loads without knowing the preset.
+
+Local paths only: fetching URLs / s3:// into a cache is `pipelines.storage`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .presets import VIT_SIZES, TiTokConfig, VQGANConfig
+from .titok import TiTok, TiTokReleased
+from .vqgan import MaskGITVQGAN
+
+AnyModel = Union[MaskGITVQGAN, TiTok, TiTokReleased]
+
+HF_BASE = "https://huggingface.co/fun-research/TiTok/resolve/main"
+OFFICIAL_URLS: dict[str, str] = {
+    "maskgit-vqgan": f"{HF_BASE}/maskgit-vqgan-imagenet-f16-256.bin",
+    "L-32": f"{HF_BASE}/tokenizer_titok_l32.bin",
+    "B-64": f"{HF_BASE}/tokenizer_titok_b64.bin",
+    "S-128": f"{HF_BASE}/tokenizer_titok_s128.bin",
+}
+
+FORMAT_VERSION = 1
+_KINDS = {"maskgit_vqgan": MaskGITVQGAN, "titok": TiTok, "titok_released": TiTokReleased}
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict that does not fit the model: one line listing what is wrong."""
+
+
+# --------------------------------------------------------------------------------------------
+# Official names <-> ours. Each rule is (official regex, ours regex) and applies in both directions.
+_BLOCK_RULES = [
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.ln_1\.", r"\1.blocks.\2.norm1."),
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.ln_2\.", r"\1.blocks.\2.norm2."),
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.attn\.in_proj_(weight|bias)$", r"\1.blocks.\2.attn.qkv.\3"),
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.attn\.out_proj\.", r"\1.blocks.\2.attn.proj."),
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.mlp\.c_fc\.", r"\1.blocks.\2.mlp.fc1."),
+    (r"^(encoder|decoder)\.transformer\.(\d+)\.mlp\.c_proj\.", r"\1.blocks.\2.mlp.fc2."),
+    (r"^decoder\.ffn\.", r"decoder.proxy_head."),
+    (r"^latent_tokens$", r"encoder.latent_tokens"),
+]
+_RELEASED_RULES = [(r"^pixel_quantize\.", r"pixel.quantize."), (r"^pixel_decoder\.", r"pixel.decoder.")]
+
+
+def official_to_ours(key: str, released: bool) -> str:
+    """Official TiTok / MaskGIT-VQGAN parameter name -> ours (`released`: the stage-2 form)."""
+    if released:
+        for pat, rep in _RELEASED_RULES:
+            if re.match(pat, key):
+                return re.sub(pat, rep, key)
+    for pat, rep in _BLOCK_RULES:
+        if re.search(pat, key):
+            key = re.sub(pat, rep, key)
+            break
+    return f"titok.{key}" if released else key
+
+
+_INVERSE_BLOCK_RULES = [
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.norm1\.", r"\1.transformer.\2.ln_1."),
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.norm2\.", r"\1.transformer.\2.ln_2."),
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"\1.transformer.\2.attn.in_proj_\3"),
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.proj\.", r"\1.transformer.\2.attn.out_proj."),
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.mlp\.fc1\.", r"\1.transformer.\2.mlp.c_fc."),
+    (r"^(encoder|decoder)\.blocks\.(\d+)\.mlp\.fc2\.", r"\1.transformer.\2.mlp.c_proj."),
+    (r"^decoder\.proxy_head\.", r"decoder.ffn."),
+    (r"^encoder\.latent_tokens$", r"latent_tokens"),
+]
+
+
+def ours_to_official(key: str, released: bool) -> str:
+    """Inverse of `official_to_ours`."""
+    if released:
+        for pat, rep in [(r"^pixel\.quantize\.", "pixel_quantize."), (r"^pixel\.decoder\.", "pixel_decoder.")]:
+            if re.match(pat, key):
+                return re.sub(pat, rep, key)
+        key = key.removeprefix("titok.")
+    for pat, rep in _INVERSE_BLOCK_RULES:
+        if re.search(pat, key):
+            return re.sub(pat, rep, key)
+    return key
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture from shapes.
+def _count(sd: dict[str, Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def infer_vqgan_config(sd: dict[str, Tensor], prefix: str = "", quantizer_prefix: str = "quantize.") -> VQGANConfig:
+    """MaskGIT-VQGAN sizes from a state dict holding `{prefix}decoder.*` and the codebook."""
+    try:
+        codebook = sd[f"{quantizer_prefix}embedding.weight"]
+        levels = _count(sd, rf"^{re.escape(prefix)}decoder\.up\.(\d+)\.")
+        ch = [sd[f"{prefix}decoder.up.{i}.block.0.conv1.weight"].shape[0] for i in range(levels)]
+        res_blocks = _count(sd, rf"^{re.escape(prefix)}decoder\.up\.0\.block\.(\d+)\.")
+    except KeyError as e:
+        raise CheckpointMismatchError(f"not a MaskGIT-VQGAN state dict: missing {e.args[0]!r}") from None
+    hidden = math.gcd(*ch)
+    return VQGANConfig(
+        channel_mult=tuple(c // hidden for c in ch),
+        hidden_channels=hidden,
+        num_res_blocks=res_blocks,
+        z_channels=codebook.shape[1],
+        codebook_size=codebook.shape[0],
+    )
+
+
+def infer_titok_config(sd: dict[str, Tensor]) -> TiTokConfig:
+    """TiTok sizes from an official state dict. Head counts come from the official size table."""
+    heads_by_width = {w: h for w, _, h in VIT_SIZES.values()}
+    try:
+        n, enc_w = sd["latent_tokens"].shape
+        patch = sd["encoder.patch_embed.weight"].shape[-1]
+        enc_grid = math.isqrt(sd["encoder.positional_embedding"].shape[0] - 1)
+        dec_w, token_size = sd["decoder.decoder_embed.weight"].shape
+        dec_grid = math.isqrt(sd["decoder.positional_embedding"].shape[0] - 1)
+        codebook_size = sd["quantize.embedding.weight"].shape[0]
+        proxy = sd["decoder.ffn.2.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointMismatchError(f"not an official TiTok state dict: missing {e.args[0]!r}") from None
+    for w in (enc_w, dec_w):
+        if w not in heads_by_width:
+            raise CheckpointMismatchError(f"ViT width {w} is not an official size; save it in our format with its config")
+    image = enc_grid * patch
+    released = any(k.startswith("pixel_decoder.") for k in sd)
+    pixel = infer_vqgan_config(sd, "pixel_", "pixel_quantize.") if released else VQGANConfig()
+    return TiTokConfig(
+        image_size=image,
+        enc_patch_size=patch,
+        dec_patch_size=image // dec_grid,
+        enc_width=enc_w, enc_layers=_count(sd, r"^encoder\.transformer\.(\d+)\."), enc_heads=heads_by_width[enc_w],
+        dec_width=dec_w, dec_layers=_count(sd, r"^decoder\.transformer\.(\d+)\."), dec_heads=heads_by_width[dec_w],
+        num_latent_tokens=n,
+        codebook_size=codebook_size,
+        token_size=token_size,
+        proxy_codebook_size=proxy,
+        pixel_vqgan=pixel,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load or raise one CheckpointMismatchError naming missing / unexpected / mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def few(xs: list[str]) -> str:
+            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+        parts = [f"{name} {len(xs)}: {few(xs)}" for name, xs in
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if xs]
+        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def read_official(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read an official `.bin` state dict safely (weights_only: tensors only, no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code in it, or not a torch file at all
+        raise CheckpointMismatchError(f"{path} is not a plain state-dict file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointMismatchError(f"{path} does not hold a flat state dict of tensors")
+    return sd
+
+
+def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint") -> AnyModel:
+    """Build and load the model an official state dict describes (teacher, stage-1 or released TiTok)."""
+    if "latent_tokens" in sd:
+        cfg = infer_titok_config(sd)
+        released = any(k.startswith("pixel_decoder.") for k in sd)
+        model: AnyModel = TiTokReleased(cfg) if released else TiTok(cfg)
+        sd = {official_to_ours(k, released): v for k, v in sd.items()}
+    elif any(k.startswith("encoder.conv_in") for k in sd):
+        model = MaskGITVQGAN(infer_vqgan_config(sd))
+    else:
+        raise CheckpointMismatchError(f"{source}: neither a TiTok nor a MaskGIT-VQGAN state dict")
+    load_state_dict_strict(model, sd, source)
+    return model.eval()
+
+
+def save_pretrained(model: AnyModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `model.safetensors` + `config.json` into `directory` (created)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = {cls: name for name, cls in _KINDS.items()}[type(model)]
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, "config": model.config.to_dict(), **(extra or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = directory / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"kind": kind})
+    os.replace(tmp, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_pretrained(directory: str | os.PathLike) -> AnyModel:
+    """Load a directory written by `save_pretrained`; the preset need not be known."""
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json (expected model.safetensors + config.json)")
+    meta = json.loads(cfg_path.read_text())
+    kind = meta.get("kind")
+    if kind not in _KINDS:
+        raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
+    cfg_cls = VQGANConfig if kind == "maskgit_vqgan" else TiTokConfig
+    model = _KINDS[kind](cfg_cls.from_dict(meta["config"]))
+    load_state_dict_strict(model, load_file(str(directory / "model.safetensors")), str(directory))
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> AnyModel:
+    """Load any supported checkpoint from a local path: our directory, or an official `.bin`."""
+    p = Path(path)
+    if p.is_dir():
+        return load_pretrained(p)
+    if p.suffix == ".safetensors" and (p.parent / "config.json").is_file():
+        return load_pretrained(p.parent)
+    return model_from_official(read_official(p), str(p))
