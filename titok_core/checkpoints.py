@@ -178,11 +178,15 @@ def read_official(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with code in it, or not a torch file at all
-        raise CheckpointMismatchError(f"{path} is not a plain state-dict file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e) and "zipfile" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code in it, or not a torch file at all
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointMismatchError(f"{path} is not a plain state-dict file ({type(e).__name__}: {first})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):

@@ -8,6 +8,8 @@ Legend: B batch, C token_size, N latent tokens, K codebook size.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +57,7 @@ class VectorQuantizer(nn.Module):
         return self._norm(self.embedding(codes))
 
     def forward(self, z: Tensor) -> tuple[Tensor, QuantizerOutput]:
-        with torch.autocast(z.device.type, enabled=False):
+        with float32_only(z.device.type):
             z = z.float().permute(0, 2, 3, 1)  # (B, 1, N, C)
             flat = self._norm(z.reshape(-1, z.shape[-1]))
             e = self.codebook()
@@ -75,3 +77,10 @@ class VectorQuantizer(nn.Module):
                 codebook_loss=codebook_loss,
             )
             return z_q.permute(0, 3, 1, 2).contiguous(), out
+
+
+def float32_only(device_type: str):
+    """Disable autocast (codebook lookups stay float32); a no-op on devices autocast does not know."""
+    if device_type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .presets import VQGANConfig
+from .quantizer import float32_only
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
@@ -199,7 +200,7 @@ class MaskGITVQGAN(nn.Module):
         """images: (B, 3, H, W) float in [0, 1] -> codes (B, h*w) int64, row-major over (h, w)."""
         z = self.encoder(images.to(memory_format=_memory_format(self)))
         # The codebook lookup stays fp32 under autocast: bf16 distances would flip near-ties.
-        with torch.autocast(z.device.type, enabled=False):
+        with float32_only(z.device.type):
             return self.quantize.get_code(z.float())
 
     @torch.no_grad()
@@ -215,3 +216,4 @@ def _memory_format(model: nn.Module) -> torch.memory_format:
         if p.dim() == 4:
             return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() else torch.contiguous_format
     return torch.contiguous_format
+
