@@ -1,0 +1,60 @@
+"""Precompute MaskGIT-VQGAN proxy codes: ImageNet WebDataset shards -> a training-ready Parquet dataset.
+
+Runs the teacher once over every image and every view, so stage-1 training never runs it. Each
+input shard becomes one Parquet file, committed atomically with a success record: kill the job at
+any moment and rerun the same command; committed shards are skipped, nothing is lost or doubled.
+
+example:
+  ray job submit --working-dir . -- python jobs/precompute_proxy.py \\
+      --input 's3://bucket/imagenet/train-{000000..000320}.tar' --output s3://bucket/proxy/train \\
+      --views offsets-4 --workers 8 --num-gpus 1 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from pipelines import cli  # noqa: E402
+
+from titok_core import OFFICIAL_URLS, MaskGITVQGAN  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="precompute_proxy.py", description=__doc__, formatter_class=cli.HelpFormatter)
+    cli.add_io_args(p)
+    cli.add_image_args(p)
+    p.add_argument("--teacher", default=OFFICIAL_URLS["maskgit-vqgan"],
+                   help="MaskGIT-VQGAN weights: official .bin or our checkpoint directory; path, URL or s3://")
+    p.add_argument("--image-format", choices=cli.IMAGE_FORMATS, default="png",
+                   help="how the base image is stored: png (lossless) or jpeg (q95; codes are computed on the "
+                        "decoded JPEG, so they match what readers decode)")
+    cli.add_compute_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging()
+    try:
+        path, teacher = cli.load_job_model(args.teacher, "--teacher")
+        if not isinstance(teacher, MaskGITVQGAN):
+            return cli.fail(f"--teacher {args.teacher} holds a {type(teacher).__name__}, not a MaskGIT-VQGAN")
+        grid = args.resolution // teacher.config.downsample_factor
+        if args.resolution % teacher.config.downsample_factor:
+            return cli.fail(f"--resolution {args.resolution} is not divisible by the teacher's "
+                            f"downsampling factor {teacher.config.downsample_factor}")
+        return cli.run_job(args, model_uri=args.teacher, model_option="--teacher", codes_column="proxy_codes",
+                           keep_image=True, codes_per_view=grid * grid,
+                           identity={"teacher": cli.model_identity(path, teacher),
+                                     "proxy_codebook_size": teacher.config.codebook_size},
+                           image_format=args.image_format)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        return cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""CPU stage: one input shard -> its usable samples as base images, plus quarantine records.
+
+A shard travels through the pipeline as ONE row (lists of per-sample values), so it is never
+split across blocks: the unit of work is also the unit of commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, decode_and_preprocess
+from .quarantine import UNREADABLE_SHARD, SampleError, SampleErrorRecord
+from .tar_reader import Sample, iter_samples
+
+IMAGE_FORMATS = ("png", "jpeg")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How images become base images.
+
+    Args:
+        resolution: shorter side after the resize (= crop size).
+        image_format: how the base image is stored: "png" (lossless) or "jpeg" (quality
+            `jpeg_quality`; the stored JPEG is decoded again and *those* pixels go to the model, so
+            codes always match what a reader of the stored bytes gets). "none": not stored.
+        max_pixels / max_aspect_ratio: header checks before decoding (see pipelines.images).
+        num_classes: labels must be in [0, num_classes); None accepts any non-negative label.
+    """
+
+    resolution: int = 256
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    png_compress_level: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    num_classes: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS + ("none",):
+            raise ValueError(f"image_format {self.image_format!r}: use png, jpeg or none")
+
+
+def encode_base_image(pixels: np.ndarray, opts: DecodeOptions) -> tuple[bytes, np.ndarray]:
+    """Store the base image; returns (bytes, the pixels a reader of those bytes decodes)."""
+    if opts.image_format == "none":
+        return b"", pixels
+    buf = io.BytesIO()
+    if opts.image_format == "png":
+        Image.fromarray(pixels).save(buf, format="PNG", compress_level=opts.png_compress_level)
+        return buf.getvalue(), pixels
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=opts.jpeg_quality, subsampling=0)
+    data = buf.getvalue()
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict | None = None) -> dict[str, Any]:
+    """{"shard": url, "name": stem} -> the shard row the model stage consumes.
+
+    Output lists (one entry per usable sample): keys, labels, members, images (stored bytes),
+    pixels (raw HWC uint8 bytes), heights, widths. `errors`: JSON quarantine records.
+    `failed`: the shard could not be read at all (transient or missing): it will not be committed.
+    """
+    out: dict[str, list] = {k: [] for k in ("keys", "labels", "members", "images", "pixels", "heights", "widths")}
+    errors: list[str] = []
+    failed = False
+    for item in iter_samples(row["shard"], storage_options=storage_options, num_classes=opts.num_classes):
+        if isinstance(item, SampleErrorRecord):
+            errors.append(json.dumps(asdict(item)))
+            failed |= item.reason == UNREADABLE_SHARD
+            continue
+        sample: Sample = item
+        try:
+            pixels = decode_and_preprocess(sample.image, resolution=opts.resolution, max_pixels=opts.max_pixels,
+                                           max_aspect_ratio=opts.max_aspect_ratio)
+        except SampleError as e:
+            errors.append(json.dumps(asdict(e.to_record(sample.key, sample.shard, sample.member))))
+            continue
+        stored, pixels = encode_base_image(pixels, opts)
+        out["keys"].append(sample.key)
+        out["labels"].append(sample.label)
+        out["members"].append(sample.member)
+        out["images"].append(stored)
+        out["pixels"].append(np.ascontiguousarray(pixels).tobytes())
+        out["heights"].append(pixels.shape[0])
+        out["widths"].append(pixels.shape[1])
+    return {**row, **out, "errors": errors, "failed": failed}

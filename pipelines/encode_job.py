@@ -1,0 +1,243 @@
+"""The batch job behind precompute_proxy.py and tokenize_dataset.py: shards -> codes per view -> Parquet.
+
+Ray Data streaming, one row per input shard end to end (so a shard is never split and is the
+unit of commit):
+
+    from_items(shards not yet committed)
+      -> decode_shard      CPU tasks: read tar, quarantine bad samples, resize, store base image
+      -> EncodeViews       actor pool, one model per actor (GPU when asked): codes for every view
+      -> write_shard       CPU tasks: Parquet + errors + success record, atomically, per shard
+      -> driver            progress, images/s, job summary
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from . import commit
+from .decode_stage import DecodeOptions, decode_shard
+from .encode_stage import PRECISIONS
+from .storage import expand_inputs
+from .views import view_specs
+
+log = logging.getLogger("titok.encode_job")
+
+
+@dataclass(frozen=True)
+class EncodeJobConfig:
+    """One run of the shard-encoding job.
+
+    Args:
+        input: shard spec (brace pattern, glob, directory, list file; local or fsspec URL).
+        output: output directory (local or fsspec URL).
+        model: checkpoint path or URL (already validated / fetched by the caller).
+        model_option: the CLI option that named the model, for messages.
+        codes_column: "proxy_codes" (teacher) or "tokens" (tokenizer).
+        keep_image: store the base image in the rows (proxy datasets: stage 1 trains on it).
+        codes_per_view: codes the model emits per crop (teacher: grid*grid, tokenizer: N).
+        metadata: model identity etc., recorded in every file's schema and in the summary.
+        views: view-set name.
+        decode: image decoding options.
+        workers: model actors; num_gpus / num_cpus: resources of one actor.
+        decode_cpus: CPUs per decode / write task.
+        batch_size: crops per forward pass.
+        precision: auto | fp32 | bf16.
+        max_error_rate: exit non-zero above this fraction of quarantined samples.
+        overwrite: redo committed shards.
+    """
+
+    input: str
+    output: str
+    model: str
+    model_option: str
+    codes_column: str
+    keep_image: bool
+    codes_per_view: int
+    metadata: dict[str, Any]
+    views: str = "center"
+    decode: DecodeOptions = DecodeOptions()
+    workers: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    decode_cpus: float = 1.0
+    threads: int | None = None
+    batch_size: int = 32
+    precision: str = "auto"
+    max_error_rate: float = 0.05
+    overwrite: bool = False
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        view_specs(self.views)  # raises on an unknown view set
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: use one of {PRECISIONS}")
+        if self.workers < 1 or self.batch_size < 1:
+            raise ValueError("workers and batch_size must be >= 1")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError(f"max_error_rate {self.max_error_rate} must be in [0, 1]")
+
+
+def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
+    """(shards to do as (url, name), committed records of the shards skipped)."""
+    urls = expand_inputs(cfg.input, cfg.storage_options)
+    names = commit.unique_names(urls)
+    commit.remove_stale_temporaries(cfg.output)
+    done = {} if cfg.overwrite else commit.committed(cfg.output, cfg.storage_options)
+    todo = [(u, n) for u, n in zip(urls, names) if n not in done]
+    skipped = {n: done[n] for n in names if n in done}
+    return todo, skipped
+
+
+class Progress:
+    """Counts shard results as they stream in; logs images/s every `every` seconds."""
+
+    def __init__(self, total_shards: int, every: float = 10.0):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total_shards, unit="shard", desc="shards", file=sys.stderr, dynamic_ncols=True)
+        self.t0 = self.last = time.perf_counter()
+        self.every = every
+        self.images = self.errors = self.failed = self.done = self.bytes = 0
+        self.reasons: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.bf16_agree = self.bf16_compared = 0
+
+    def add(self, r: dict[str, Any]) -> None:
+        errors = json.loads(r["errors"])
+        if r["failed"]:
+            self.failed += 1
+            self.failures.append(f"{r['shard']}: {'; '.join(e['detail'] for e in errors)[:300]}")
+        else:
+            self.done += 1
+            self.images += r["rows"]
+            self.errors += len(errors)
+            self.reasons.update(e["reason"] for e in errors)
+            self.bytes += r["bytes"]
+        self.bf16_agree += r["bf16_agree"]
+        self.bf16_compared += r["bf16_compared"]
+        self.bar.update(1)
+        self.bar.set_postfix(images=self.images, errors=self.errors, img_s=f"{self.rate:.1f}")
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%d/%d shards, %d images, %d errors, %.1f images/s",
+                     self.done + self.failed, self.bar.total, self.images, self.errors, self.rate)
+
+    @property
+    def rate(self) -> float:
+        return self.images / max(time.perf_counter() - self.t0, 1e-9)
+
+
+FORWARDED_ENV_PREFIXES = ("AWS_", "TITOK_", "HF_")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's storage / cache settings, for the job's tasks and actors."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from .encode_stage import EncodeViews
+    from .write_stage import write_shard
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # One row per shard: never let Ray Data coalesce several shards into one task.
+    ds = ray.data.from_items([{"shard": u, "name": n} for u, n in todo], override_num_blocks=len(todo))
+    # Storage credentials / endpoint reach every task, also on a cluster started without them.
+    env = {"runtime_env": {"env_vars": forwarded_env()}}
+    ds = ds.map(decode_shard, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
+                num_cpus=cfg.decode_cpus, **env)
+    ds = ds.map(
+        EncodeViews,
+        fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.views,
+                                   crop=cfg.decode.resolution, batch_size=cfg.batch_size,
+                                   codes_per_view=cfg.codes_per_view, precision=cfg.precision, threads=cfg.threads),
+        compute=ActorPoolStrategy(size=cfg.workers),
+        num_gpus=cfg.num_gpus,
+        num_cpus=cfg.num_cpus,
+        **env,
+    )
+    meta = {**cfg.metadata, "views": cfg.views, "view_specs": [list(v) for v in view_specs(cfg.views)],
+            "crop_size": cfg.decode.resolution, "codes_per_view": cfg.codes_per_view,
+            "image_format": cfg.decode.image_format if cfg.keep_image else None}
+    ds = ds.map(write_shard, fn_kwargs=dict(output=cfg.output, codes_column=cfg.codes_column,
+                                           keep_image=cfg.keep_image, image_format=cfg.decode.image_format,
+                                           metadata=meta, storage_options=cfg.storage_options),
+                num_cpus=cfg.decode_cpus, **env)
+    return ds
+
+
+def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
+    """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`."""
+    t0 = time.perf_counter()
+    todo, skipped = plan(cfg)
+    progress = Progress(len(todo))
+    if todo:
+        ds = build_dataset(cfg, todo)
+        for r in ds.iter_rows():
+            progress.add(r)
+    progress.bar.close()
+    wall = time.perf_counter() - t0
+    prior_images = sum(r["rows"] for r in skipped.values())
+    prior_errors = sum(r["errors"] for r in skipped.values())
+    reasons = progress.reasons + Counter({k: v for r in skipped.values() for k, v in r["errors_by_reason"].items()})
+    total_images, total_errors = progress.images + prior_images, progress.errors + prior_errors
+    seen = total_images + total_errors
+    error_rate = total_errors / seen if seen else 0.0
+    summary = {
+        "input": cfg.input, "output": cfg.output, "views": cfg.views,
+        "shards_done": progress.done, "shards_skipped": len(skipped), "shards_failed": progress.failed,
+        "failed_shards": progress.failures,
+        "images": progress.images, "errors": progress.errors,
+        "images_total": total_images, "errors_total": total_errors,
+        "errors_by_reason": dict(sorted(reasons.items())),
+        "error_rate": round(error_rate, 6),
+        "images_per_s": round(progress.images / wall, 3) if wall else 0.0,
+        "bytes_per_row": round(progress.bytes / progress.images, 1) if progress.images else None,
+        "wall_s": round(wall, 2),
+        "model": cfg.metadata,
+        "precision": cfg.precision,
+    }
+    if progress.bf16_compared:
+        summary["bf16_codes_agreeing_with_fp32"] = round(progress.bf16_agree / progress.bf16_compared, 6)
+    reason = None
+    if total_images == 0:
+        reason = "no image could be read"
+    elif error_rate > cfg.max_error_rate:
+        reason = f"error rate {error_rate:.3%} is above --max-error-rate {cfg.max_error_rate:.3%}"
+    elif progress.failed:
+        reason = f"{progress.failed} shard(s) could not be read; rerun to retry them"
+    summary["status"] = "ok" if reason is None else f"failed: {reason}"
+    commit.write_summary(cfg.output, summary, cfg.storage_options)
+    return summary, 0 if reason is None else 1
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One screen for humans."""
+    lines = [
+        f"status            {summary['status']}",
+        f"shards            {summary['shards_done']} done, {summary['shards_skipped']} skipped (already committed), "
+        f"{summary['shards_failed']} failed",
+        f"images            {summary['images']} this run, {summary['images_total']} in the dataset",
+        f"quarantined       {summary['errors_total']} ({summary['error_rate']:.2%})"
+        + "".join(f"\n  {k:16s}{v}" for k, v in summary["errors_by_reason"].items()),
+        f"throughput        {summary['images_per_s']} images/s over {summary['wall_s']} s",
+        f"bytes per row     {summary['bytes_per_row']}",
+    ]
+    if "bf16_codes_agreeing_with_fp32" in summary:
+        lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of codes agree (checked batches)")
+    for f in summary["failed_shards"][:5]:
+        lines.append(f"failed shard      {f}")
+    lines.append(f"output            {summary['output']}  (summary: _summary.json, quarantine: _errors/)")
+    return "\n".join(lines)
+

@@ -1,0 +1,361 @@
+"""Where bytes live: local paths and fsspec URLs (s3://, gs://, http(s)://, file://).
+
+Every read or write of a dataset, manifest or weights file in this project goes through here,
+so credentials, endpoints and atomicity are decided in one place:
+
+- `get_fs` resolves a URL to an fsspec filesystem; S3 credentials come from the standard AWS
+  chain (env, ~/.aws), the endpoint from the argument or `AWS_ENDPOINT_URL(_S3)`.
+- `expand_inputs` turns a shard spec (brace pattern, glob, directory, .txt list) into URLs.
+- `atomic_open` / `atomic_write_bytes` / `write_json_atomic` never leave a partial file visible.
+- `fetch_to_cache` turns a weights URL into a local path, downloading once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+import fsspec
+from braceexpand import braceexpand
+from fsspec.callbacks import TqdmCallback
+from fsspec.core import split_protocol, url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+StorageOptions = Mapping[str, Any] | None
+
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+HTTP_PROTOCOLS = frozenset({"http", "https"})
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+DOWNLOAD_PROTOCOLS = HTTP_PROTOCOLS | S3_PROTOCOLS | {"gs", "gcs"}
+DEFAULT_CACHE_DIR = "~/.cache/titok-ray"
+_GLOB_CHARS = frozenset("*?[")
+
+
+def protocol_of(url: str) -> str:
+    """The URL's scheme ("s3", "https", ...); "file" for plain local paths."""
+    protocol, _ = split_protocol(url)
+    return protocol or "file"
+
+
+def is_local(url: str) -> bool:
+    """True for plain paths and file:// URLs."""
+    return protocol_of(url) in LOCAL_PROTOCOLS
+
+
+def s3_endpoint(endpoint_url: str | None = None) -> str | None:
+    """The S3 endpoint to use: the argument, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`."""
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def get_fs(
+    url: str, endpoint_url: str | None = None, storage_options: StorageOptions = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and in-filesystem path for `url`.
+
+    S3 credentials and region come from botocore's standard chain (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config). No region is forced: s3fs with
+    `region_name="us-east-1"` was seen to break bucket creation on S3-compatible servers.
+
+    Args:
+        url: local path or fsspec URL.
+        endpoint_url: custom S3 endpoint (MinIO, SeaweedFS, Ceph); overrides
+            `storage_options["endpoint_url"]` and the AWS_ENDPOINT_URL(_S3) environment variables;
+            ignored for other protocols, so one option can serve local and S3 paths.
+        storage_options: extra keyword arguments for the fsspec filesystem.
+    """
+    options = dict(storage_options or {})
+    endpoint_url = endpoint_url or options.pop("endpoint_url", None)  # S3 only: other filesystems reject it
+    if protocol_of(url) in S3_PROTOCOLS:
+        endpoint = s3_endpoint(endpoint_url)
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    if is_local(url):
+        url = os.path.expanduser(url)
+    return url_to_fs(url, **options)
+
+
+def _to_url(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    """`path` from `fs` written the way `like` was: plain path for plain paths, else a full URL."""
+    if split_protocol(like)[0] is None:
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def join_url(base: str, *parts: str) -> str:
+    """`base` joined with `parts` using "/" (or os.path.join for plain local paths)."""
+    if split_protocol(base)[0] is None:
+        return os.path.join(base, *parts)
+    return posixpath.join(base, *parts)
+
+
+# --------------------------------------------------------------------------- input specs
+
+
+def expand_inputs(spec: str, storage_options: StorageOptions = None) -> list[str]:
+    """Input shard URLs named by `spec`, in a deterministic order.
+
+    `spec` is one of (local paths or any fsspec URL):
+    - a brace pattern, `s3://b/train-{000000..000099}.tar` (expanded in order; every shard must exist),
+    - a glob, `data/*.tar` (sorted),
+    - a directory: every `*.tar` directly inside it (sorted),
+    - a list file ending in `.txt`: one URL per line, `#` comment lines; relative entries are
+      relative to the list file; kept in file order; entries are not checked here.
+    Brace patterns may contain globs (`s3://b/{train,val}/*.tar`). http(s) shards cannot be
+    listed, so they are returned unchecked.
+
+    Raises:
+        ValueError: nothing matches, some brace-expanded shards are missing, or a shard is named twice.
+    """
+    spec = spec.strip()
+    urls: list[str] = []
+    missing: list[str] = []
+    if spec.endswith(".txt"):
+        urls = _read_list_file(spec, storage_options)
+    elif spec:
+        listings: dict[str, dict[str, str]] = {}
+        for part in braceexpand(spec):
+            found = _expand_one(part, storage_options, listings)
+            if found is None:
+                missing.append(part)
+            else:
+                urls.extend(found)
+    if not urls:
+        raise ValueError(
+            f"no input shards match {spec!r} (expected a brace pattern, glob, directory of *.tar or .txt list)")
+    if missing:
+        raise ValueError(f"{len(missing)} shard(s) named by {spec!r} do not exist, e.g. {missing[0]!r}")
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise ValueError(f"input shard {url!r} is named twice by {spec!r}")
+        seen.add(url)
+    return urls
+
+
+def _expand_one(part: str, storage_options: StorageOptions, listings: dict[str, dict[str, str]]) -> list[str] | None:
+    """URLs for one brace-expanded part; None when a literal path does not exist."""
+    if protocol_of(part) in HTTP_PROTOCOLS:
+        return [part]
+    fs, path = get_fs(part, storage_options=storage_options)
+    if any(c in _GLOB_CHARS for c in path):
+        fs.invalidate_cache()
+        matches = fs.glob(path, detail=True)
+        return sorted(_to_url(fs, p, part) for p, info in matches.items() if info.get("type") == "file")
+    kind = _kind(fs, path, listings)
+    if kind is None:
+        return None
+    if kind == "directory":
+        pattern = path.rstrip("/") + "/*.tar"
+        return sorted(_to_url(fs, p, part) for p in fs.glob(pattern))
+    return [_to_url(fs, path, part)]
+
+
+def _kind(fs: fsspec.AbstractFileSystem, path: str, listings: dict[str, dict[str, str]]) -> str | None:
+    """"file", "directory" or None (missing). Lists each parent once: a 1,000-shard brace
+    pattern on S3 costs one LIST, not 1,000 HEAD requests."""
+    path = path.rstrip("/")
+    parent = posixpath.dirname(path)
+    if parent not in listings:
+        fs.invalidate_cache(parent)
+        try:
+            listings[parent] = {e["name"].rstrip("/"): e["type"] for e in fs.ls(parent, detail=True)}
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            listings[parent] = {}
+    kind = listings[parent].get(path)
+    if kind is None:  # not in the parent's listing (bucket roots, odd listings): ask directly
+        try:
+            kind = fs.info(path)["type"]
+        except FileNotFoundError:
+            return None
+    return kind
+
+
+def _read_list_file(spec: str, storage_options: StorageOptions) -> list[str]:
+    """Entries of a .txt shard list, relative ones resolved against the list's directory."""
+    fs, path = get_fs(spec, storage_options=storage_options)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"input list file {spec!r} does not exist") from None
+    base = _to_url(fs, posixpath.dirname(path), spec)
+    urls = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if split_protocol(line)[0] is None and not os.path.isabs(line):
+            line = join_url(base, line)
+        urls.append(line)
+    return urls
+
+
+# --------------------------------------------------------------------------- small file helpers
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    """True if a file or directory (prefix) exists at `url`."""
+    fs, path = get_fs(url, storage_options=storage_options)
+    fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
+def list_dir(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Sorted URLs of the direct children of `url`; [] if it does not exist (on object stores a
+    missing prefix and an empty one are the same thing)."""
+    fs, path = get_fs(url, storage_options=storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = fs.ls(path, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(_to_url(fs, name.rstrip("/"), url) for name in names)
+
+
+def remove(url: str, storage_options: StorageOptions = None) -> None:
+    """Delete one file."""
+    fs, path = get_fs(url, storage_options=storage_options)
+    fs.rm_file(path)
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    """The whole content of one file."""
+    fs, path = get_fs(url, storage_options=storage_options)
+    return fs.cat_file(path)
+
+
+def read_json(url: str, storage_options: StorageOptions = None) -> Any:
+    """Parsed JSON content of one file."""
+    return json.loads(read_bytes(url, storage_options))
+
+
+@contextlib.contextmanager
+def atomic_open(url: str, mode: str = "wb", storage_options: StorageOptions = None) -> Iterator[IO[Any]]:
+    """Open `url` for writing so readers see the old content or the whole new one, never a part.
+
+    Local: a temporary file in the same directory, fsync, then `os.replace` (atomic on POSIX).
+    Object stores: the data is spooled to a local temporary file and uploaded in one
+    `put_file` once the block exits cleanly; on S3 that is one PUT or a multipart upload that is
+    completed last (s3fs aborts it on error), so an interrupted write leaves no object.
+    If the block raises, nothing is written and the temporary file is removed.
+
+    Args:
+        url: destination; parent directories are created for local paths.
+        mode: "wb" or "w" (text, UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
+    encoding = "utf-8" if mode == "w" else None
+    fs, path = get_fs(url, storage_options=storage_options)
+    if isinstance(fs, LocalFileSystem):
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        # "x" mode with a unique name respects the umask (mkstemp would force 0600).
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, mode.replace("w", "x"), encoding=encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+    else:
+        with tempfile.NamedTemporaryFile(mode, encoding=encoding, suffix=".upload") as f:
+            yield f
+            f.flush()
+            fs.put_file(f.name, path)
+        fs.invalidate_cache(path)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Write `data` to `url` atomically (see `atomic_open`)."""
+    with atomic_open(url, "wb", storage_options) as f:
+        f.write(data)
+
+
+def write_json_atomic(url: str, obj: Any, storage_options: StorageOptions = None) -> None:
+    """Write `obj` as indented, key-sorted JSON (stable bytes for equal objects), atomically."""
+    atomic_write_bytes(url, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"), storage_options)
+
+
+# --------------------------------------------------------------------------- weights cache
+
+
+def default_cache_dir() -> str:
+    """`$TITOK_CACHE`, else ~/.cache/titok-ray."""
+    return os.path.expanduser(os.environ.get("TITOK_CACHE") or DEFAULT_CACHE_DIR)
+
+
+def fetch_to_cache(uri: str, cache_dir: str | None = None, what: str = "weights", option: str = "--teacher") -> str:
+    """Local path for `uri`, downloading remote files once into a cache.
+
+    Local paths (and file:// URLs) are returned as they are. http(s)://, s3:// and gs:// files
+    are downloaded with a progress bar to a temporary name and renamed into
+    `<cache_dir>/<hash of URL and endpoint>/<file name>`, so an interrupted download is never
+    mistaken for a finished one; a cached file is not checked against the remote again.
+
+    Args:
+        uri: local path or URL.
+        cache_dir: cache root; default `default_cache_dir()`.
+        what: what the file is, for messages ("teacher weights").
+        option: the command-line option that named `uri`, for messages.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: an unsupported URL scheme.
+        RuntimeError: the download failed (offline, unreachable, missing, no credentials).
+    """
+    protocol = protocol_of(uri)
+    if protocol in LOCAL_PROTOCOLS:
+        path = os.path.abspath(os.path.expanduser(split_protocol(uri)[1]))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{option}: {what} file {path!r} does not exist")
+        return path
+    if protocol not in DOWNLOAD_PROTOCOLS:
+        raise ValueError(f"{option}: cannot fetch {uri!r}: use a local path, http(s)://, s3:// or gs://")
+
+    name = posixpath.basename(urllib.parse.urlsplit(uri).path) or "download"
+    endpoint = s3_endpoint() if protocol in S3_PROTOCOLS else None
+    digest = hashlib.sha256(f"{endpoint or ''}|{uri}".encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir or default_cache_dir(), digest, name)
+    if os.path.isfile(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.{uuid.uuid4().hex}.part"
+    try:
+        fs, path = get_fs(uri)
+        progress = TqdmCallback(tqdm_kwargs={
+            "desc": f"{what}: {name}", "unit": "B", "unit_scale": True, "unit_divisor": 1024, "mininterval": 1.0,
+        })
+        fs.get_file(path, tmp, callback=progress)
+        os.replace(tmp, target)
+    except Exception as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(
+            f"{option}: could not download {what} from {uri} ({type(e).__name__}: {reason}); "
+            f"pass a local path instead, e.g. {option} /path/to/{name}"
+        ) from e
+    return target

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real JPEG sample on disk and a real S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import corpus
+import pytest
+from s3_server import S3Server, running_s3_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_dir() -> Path:
+    """<repo>/../shared/data/imagenet-sample: 250 ImageNet JPEGs plus labels.tsv."""
+    path = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
+    if not (path / "labels.tsv").is_file():
+        pytest.fail(f"the ImageNet sample is missing: expected {path}/labels.tsv next to the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_corpus(imagenet_sample_dir: Path) -> dict[str, tuple[bytes, str | None]]:
+    """name -> (encoded image, expected quarantine reason or None if it must decode); see corpus.py."""
+    return corpus.image_corpus((imagenet_sample_dir / "n01514859_hen.JPEG").read_bytes())
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS, else moto) on 127.0.0.1 for the whole session; always stopped."""
+    with running_s3_server(tmp_path_factory.mktemp("s3-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """`s3_server` with its endpoint and credentials in os.environ, as a user would configure them."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -1,0 +1,167 @@
+"""Fixtures for the Ray jobs: a local Ray, a real `ray start --head`, shards of real JPEGs, tiny models."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import corpus
+import pipelines.quarantine as q
+from pipelines.shards import collect_images, pack, write_shards
+from titok_core import VQGAN_PRESETS, MaskGITVQGAN
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
+VENV_BIN = str(Path(os.sys.executable).parent)
+
+# Ray settings every test cluster uses: no auth token files, no telemetry, loopback only.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """ray.init(num_cpus=2) in the test process, shared by the in-process job tests."""
+    import ray
+    os.environ.update(RAY_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    dashboard_url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """A real `ray start --head --block` (with the job server) in its own session; killed at the end."""
+    port, dash = _free_port(), _free_port()
+    # every fixed default port gets a free one: another Ray on this machine (ray_local) holds the defaults
+    extra = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port", "object-manager-port", "node-manager-port")]
+    temp = tmp_path_factory.mktemp("rayhead")
+    env = {**os.environ, **RAY_ENV, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}",
+         "--disable-usage-stats", *extra],
+        env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("ray head did not start: " + (temp / "head.log").read_text()[-2000:])
+            time.sleep(0.5)
+    client_env = {**RAY_ENV, "RAY_ADDRESS": f"127.0.0.1:{port}", "PATH": env["PATH"]}
+    # the job agent registers a few seconds after the dashboard answers: wait until a job is accepted
+    while True:
+        probe = subprocess.run(["ray", "job", "submit", "--address", url, "--no-wait", "--", "true"],
+                               env={**os.environ, **client_env}, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("ray head never accepted a job: " + probe.stderr[-2000:])
+        time.sleep(1)
+    try:
+        yield RayHead(f"127.0.0.1:{port}", url, client_env)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=20)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # workers Ray spawned in their own sessions still point at the head's temp dir: end them too
+        subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
+
+
+@pytest.fixture(scope="session")
+def sample_labels() -> dict[str, int]:
+    return {im.key: im.label for im in collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv"))}
+
+
+@pytest.fixture(scope="session")
+def sample_shards(tmp_path_factory) -> tuple[str, int]:
+    """12 real ImageNet JPEGs in 3 shards of 4, written by our shard writer."""
+    images = collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv"))[:12]
+    out = tmp_path_factory.mktemp("shards")
+    pack(images, str(out), 4)
+    return str(out), len(images)
+
+
+@pytest.fixture(scope="session")
+def many_shards(tmp_path_factory) -> tuple[str, list[str]]:
+    """20 real JPEGs in 10 shards of 2 (room to kill a job between commits)."""
+    images = collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv"))[12:32]
+    out = tmp_path_factory.mktemp("many")
+    pack(images, str(out), 2)
+    return str(out), [im.key for im in images]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A small random MaskGIT-VQGAN saved as an official-style state-dict file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny-maskgit-vqgan.bin"
+    torch.save(MaskGITVQGAN(VQGAN_PRESETS["debug"]).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(tmp_path_factory) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """Two shards: every kind of bad input next to good images, and a tar cut in its last sample.
+
+    Returns (shard directory, keys that must survive, (key, reason) of everything quarantined).
+    """
+    real = (SAMPLE / "n01514859_hen.JPEG").read_bytes()
+    images = corpus.image_corpus(real)
+    out = tmp_path_factory.mktemp("bad")
+    samples = [(name, data, "jpg", 1) for name, (data, _) in images.items()]
+    samples += [("nolabel", real, "jpg", None), ("outofrange", real, "jpg", 5000), ("badlabel", real, "jpg", b"x1"),
+                ("real_jpeg", real, "jpg", 1), ("junk", b"x", "txt", None), ("noimage", None, "jpg", 3)]
+    write_shards(samples, str(out), 1000, prefix="bad")
+    good = [name for name, (_, reason) in images.items() if reason is None]
+    reasons = [(name, reason) for name, (_, reason) in images.items() if reason is not None]
+    reasons += [("nolabel", q.MISSING_LABEL), ("outofrange", q.LABEL_OUT_OF_RANGE), ("badlabel", q.BAD_LABEL),
+                ("real_jpeg", q.DUPLICATE_KEY), ("junk", q.JUNK_MEMBER), ("noimage", q.MISSING_IMAGE)]
+    # a shard cut inside its last sample: the three complete samples before the cut survive
+    (cut,) = write_shards([(f"cut{i}", real, "jpg", i) for i in range(4)], str(out), 10, prefix="cut")
+    with tarfile.open(cut) as tar:
+        last = [m for m in tar.getmembers() if m.name == "cut3.jpg"][0]
+    data = Path(cut).read_bytes()
+    Path(cut).write_bytes(data[: last.offset_data + last.size // 2])
+    good += ["cut0", "cut1", "cut2"]
+    reasons += [("cut3", q.TRUNCATED_TAR)]
+    return str(out), good, reasons
