@@ -89,7 +89,8 @@ def init_ray(address: str | None) -> None:
 
 
 def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, codes_column: str, keep_image: bool,
-            codes_per_view: int, identity: dict[str, Any], image_format: str) -> int:
+            codes_per_view: int, identity: dict[str, Any], image_format: str, input_suffix: str = ".tar",
+            verify_fraction: float = 0.0) -> int:
     cfg = EncodeJobConfig(
         input=args.input, output=args.output, model=model_uri, model_option=model_option,
         codes_column=codes_column, keep_image=keep_image, codes_per_view=codes_per_view, metadata=identity,
@@ -99,6 +100,7 @@ def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, code
         workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.cpus_per_worker, decode_cpus=args.decode_cpus,
         threads=args.threads, batch_size=args.batch_size, precision=args.precision,
         max_error_rate=args.max_error_rate, overwrite=args.overwrite, storage_options=storage_options(args),
+        input_suffix=input_suffix, verify_fraction=verify_fraction,
     )
     init_ray(args.ray_address)
     summary, code = run(cfg)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, decode_and_preprocess
-from .quarantine import UNREADABLE_SHARD, SampleError, SampleErrorRecord
+from .quarantine import UNREADABLE_SHARD, SampleError, SampleErrorRecord, one_line
 from .tar_reader import Sample, iter_samples
 
 IMAGE_FORMATS = ("png", "jpeg")
@@ -60,14 +60,26 @@ def encode_base_image(pixels: np.ndarray, opts: DecodeOptions) -> tuple[bytes, n
     return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+_COLUMNS = ("keys", "labels", "sources", "members", "images", "pixels", "heights", "widths")
+
+
+def _append(out: dict[str, list], key: str, label: int, source: str, member: str, stored: bytes,
+            pixels: np.ndarray) -> None:
+    for name, value in zip(_COLUMNS, (key, label, source, member, stored, np.ascontiguousarray(pixels).tobytes(),
+                                      pixels.shape[0], pixels.shape[1])):
+        out[name].append(value)
+
+
 def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict | None = None) -> dict[str, Any]:
     """{"shard": url, "name": stem} -> the shard row the model stage consumes.
 
-    Output lists (one entry per usable sample): keys, labels, members, images (stored bytes),
-    pixels (raw HWC uint8 bytes), heights, widths. `errors`: JSON quarantine records.
+    Output lists (one entry per usable sample): keys, labels, sources, members, images (stored
+    bytes), pixels (raw HWC uint8 bytes), heights, widths. `errors`: JSON quarantine records.
     `failed`: the shard could not be read at all (transient or missing): it will not be committed.
     """
-    out: dict[str, list] = {k: [] for k in ("keys", "labels", "members", "images", "pixels", "heights", "widths")}
+    if row["shard"].endswith(".parquet"):
+        return decode_proxy_file(row, opts, storage_options)
+    out: dict[str, list] = {k: [] for k in _COLUMNS}
     errors: list[str] = []
     failed = False
     for item in iter_samples(row["shard"], storage_options=storage_options, num_classes=opts.num_classes):
@@ -83,11 +95,43 @@ def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict
             errors.append(json.dumps(asdict(e.to_record(sample.key, sample.shard, sample.member))))
             continue
         stored, pixels = encode_base_image(pixels, opts)
-        out["keys"].append(sample.key)
-        out["labels"].append(sample.label)
-        out["members"].append(sample.member)
-        out["images"].append(stored)
-        out["pixels"].append(np.ascontiguousarray(pixels).tobytes())
-        out["heights"].append(pixels.shape[0])
-        out["widths"].append(pixels.shape[1])
+        _append(out, sample.key, sample.label, sample.shard, sample.member, stored, pixels)
     return {**row, **out, "errors": errors, "failed": failed}
+
+
+def decode_proxy_file(row: dict[str, Any], opts: DecodeOptions, storage_options: dict | None = None) -> dict[str, Any]:
+    """One Parquet file of a proxy-code dataset -> the same shard row, from its stored base images.
+
+    The stored pixels are used as they are (no second resize), so tokens are computed on exactly
+    the pixels the proxy codes were; keys, labels and sources carry over.
+    """
+    import pyarrow.parquet as pq
+
+    from . import schema as S
+    from .quarantine import UNDECODABLE
+    from .storage import get_fs
+
+    out: dict[str, list] = {k: [] for k in _COLUMNS}
+    errors: list[str] = []
+
+    def error(key: str, member: str, reason: str, detail: str) -> None:
+        errors.append(json.dumps(asdict(SampleErrorRecord(key, row["shard"], member, reason, detail))))
+
+    try:
+        fs, path = get_fs(row["shard"], storage_options=storage_options)
+        table = pq.read_table(path, filesystem=fs, columns=[S.KEY, S.LABEL, S.SOURCE_SHARD, S.SOURCE_MEMBER, S.IMAGE])
+    except Exception as e:  # missing, unreadable or not a proxy dataset file
+        error("", "", UNREADABLE_SHARD, one_line(e))
+        return {**row, **out, "errors": errors, "failed": True}
+    for rec in table.to_pylist():
+        try:
+            pixels = np.asarray(Image.open(io.BytesIO(rec[S.IMAGE])).convert("RGB"))
+        except Exception as e:
+            error(rec[S.KEY], rec[S.SOURCE_MEMBER], UNDECODABLE, one_line(e))
+            continue
+        if min(pixels.shape[:2]) != opts.resolution:
+            error(rec[S.KEY], rec[S.SOURCE_MEMBER], UNDECODABLE,
+                  f"stored image is {pixels.shape[1]}x{pixels.shape[0]}, its short side is not {opts.resolution}")
+            continue
+        _append(out, rec[S.KEY], rec[S.LABEL], rec[S.SOURCE_SHARD], rec[S.SOURCE_MEMBER], b"", pixels)
+    return {**row, **out, "errors": errors, "failed": False}

@@ -51,6 +51,8 @@ class EncodeJobConfig:
         precision: auto | fp32 | bf16.
         max_error_rate: exit non-zero above this fraction of quarantined samples.
         overwrite: redo committed shards.
+        input_suffix: ".tar" for WebDataset shards, ".parquet" for a proxy-code dataset.
+        verify_fraction: decode this fraction of tokens back to pixels and report PSNR / LPIPS.
     """
 
     input: str
@@ -73,6 +75,8 @@ class EncodeJobConfig:
     max_error_rate: float = 0.05
     overwrite: bool = False
     storage_options: dict | None = None
+    input_suffix: str = ".tar"
+    verify_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         view_specs(self.views)  # raises on an unknown view set
@@ -86,7 +90,7 @@ class EncodeJobConfig:
 
 def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
     """(shards to do as (url, name), committed records of the shards skipped)."""
-    urls = expand_inputs(cfg.input, cfg.storage_options)
+    urls = expand_inputs(cfg.input, cfg.storage_options, suffix=cfg.input_suffix)
     names = commit.unique_names(urls)
     commit.remove_stale_temporaries(cfg.output)
     done = {} if cfg.overwrite else commit.committed(cfg.output, cfg.storage_options)
@@ -106,7 +110,7 @@ class Progress:
         self.images = self.errors = self.failed = self.done = self.bytes = 0
         self.reasons: Counter[str] = Counter()
         self.failures: list[str] = []
-        self.bf16_agree = self.bf16_compared = 0
+        self.stats: Counter[str] = Counter()  # summed per-shard statistics (bf16 agreement, verification)
 
     def add(self, r: dict[str, Any]) -> None:
         errors = json.loads(r["errors"])
@@ -119,8 +123,7 @@ class Progress:
             self.errors += len(errors)
             self.reasons.update(e["reason"] for e in errors)
             self.bytes += r["bytes"]
-        self.bf16_agree += r["bf16_agree"]
-        self.bf16_compared += r["bf16_compared"]
+        self.stats.update(json.loads(r["stats"]))
         self.bar.update(1)
         self.bar.set_postfix(images=self.images, errors=self.errors, img_s=f"{self.rate:.1f}")
         now = time.perf_counter()
@@ -161,7 +164,8 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
         EncodeViews,
         fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.views,
                                    crop=cfg.decode.resolution, batch_size=cfg.batch_size,
-                                   codes_per_view=cfg.codes_per_view, precision=cfg.precision, threads=cfg.threads),
+                                   codes_per_view=cfg.codes_per_view, precision=cfg.precision, threads=cfg.threads,
+                                   verify_fraction=cfg.verify_fraction),
         compute=ActorPoolStrategy(size=cfg.workers),
         num_gpus=cfg.num_gpus,
         num_cpus=cfg.num_cpus,
@@ -208,8 +212,15 @@ def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
         "model": cfg.metadata,
         "precision": cfg.precision,
     }
-    if progress.bf16_compared:
-        summary["bf16_codes_agreeing_with_fp32"] = round(progress.bf16_agree / progress.bf16_compared, 6)
+    st = progress.stats
+    if st["bf16_compared"]:
+        summary["bf16_codes_agreeing_with_fp32"] = round(st["bf16_agree"] / st["bf16_compared"], 6)
+    if cfg.verify_fraction > 0:
+        summary["verify"] = {
+            "fraction": cfg.verify_fraction, "images": st["verify_count"],
+            "psnr_db": round(st["verify_psnr_sum"] / st["verify_count"], 3) if st["verify_count"] else None,
+            "lpips": round(st["verify_lpips_sum"] / st["verify_lpips_count"], 4) if st["verify_lpips_count"] else None,
+        }
     reason = None
     if total_images == 0:
         reason = "no image could be read"
@@ -234,6 +245,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"throughput        {summary['images_per_s']} images/s over {summary['wall_s']} s",
         f"bytes per row     {summary['bytes_per_row']}",
     ]
+    if "verify" in summary:
+        v = summary["verify"]
+        lp = "n/a (LPIPS weights not available)" if v["lpips"] is None else v["lpips"]
+        lines.append(f"verification      {v['images']} images decoded: PSNR {v['psnr_db']} dB, LPIPS {lp}")
     if "bf16_codes_agreeing_with_fp32" in summary:
         lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of codes agree (checked batches)")
     for f in summary["failed_shards"][:5]:

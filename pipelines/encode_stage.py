@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from typing import Any
 
 import numpy as np
@@ -63,10 +64,14 @@ class EncodeViews:
         precision: auto | fp32 | bf16.
         threads: torch intra-op threads (None: torch's default).
         bf16_check_batches: with bf16, also run this many batches per shard in fp32 and count agreement.
+        verify_fraction: decode the tokens of this fraction of images (first view) back to pixels and
+            measure PSNR (and LPIPS where its weights are available) against the crop (tokenizers with
+            a pixel decoder only).
     """
 
     def __init__(self, model_uri: str, option: str, views: str, crop: int, batch_size: int, codes_per_view: int,
-                 precision: str = "auto", threads: int | None = None, bf16_check_batches: int = 1):
+                 precision: str = "auto", threads: int | None = None, bf16_check_batches: int = 1,
+                 verify_fraction: float = 0.0):
         if threads:
             torch.set_num_threads(threads)
         path = fetch_to_cache(model_uri, what="model weights", option=option)
@@ -76,6 +81,8 @@ class EncodeViews:
         self.views = view_specs(views)
         self.crop, self.batch_size, self.bf16_check_batches = crop, batch_size, bf16_check_batches
         self.codes_per_view = codes_per_view
+        self.verify_fraction = verify_fraction
+        self.lpips = load_lpips(self.device) if verify_fraction > 0 else None
 
     def encode(self, batch: np.ndarray, bf16: bool) -> np.ndarray:
         """batch: (B, H, W, 3) uint8 -> codes (B, L) uint16."""
@@ -113,6 +120,38 @@ class EncodeViews:
         out["codes_shape"] = [n, nv, self.codes_per_view]
         out["view_offsets"] = json.dumps(offsets)
         out["view_flips"] = [v.flip for v in self.views]
-        out["bf16_agree"], out["bf16_compared"] = agree, compared
+        stats = {"bf16_agree": agree, "bf16_compared": compared}
+        if self.verify_fraction > 0 and n:
+            stats.update(self.verify(row["name"], codes.reshape(n, nv, -1)[:, 0], crops[::nv]))
+        out["stats"] = json.dumps(stats)
         return out
+
+    def verify(self, name: str, tokens: np.ndarray, crops: list[np.ndarray]) -> dict[str, float]:
+        """PSNR / LPIPS sums over a seeded random subset of the shard's images (first view)."""
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        chosen = np.flatnonzero(rng.random(len(crops)) < self.verify_fraction)
+        stats = {"verify_count": 0, "verify_psnr_sum": 0.0, "verify_lpips_count": 0, "verify_lpips_sum": 0.0}
+        for start in range(0, len(chosen), self.batch_size):
+            idx = chosen[start : start + self.batch_size]
+            target = torch.from_numpy(np.stack([crops[i] for i in idx])).to(self.device).permute(0, 3, 1, 2).float() / 255
+            with torch.inference_mode():
+                recon = self.model.decode_tokens(torch.from_numpy(tokens[idx].astype(np.int64)).to(self.device),
+                                                 clamp=True).float()
+                mse = ((recon - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+                stats["verify_psnr_sum"] += float((10 * torch.log10(1.0 / mse)).sum())
+                stats["verify_count"] += len(idx)
+                if self.lpips is not None:  # LPIPS expects [-1, 1]
+                    stats["verify_lpips_sum"] += float(self.lpips(recon * 2 - 1, target * 2 - 1).sum())
+                    stats["verify_lpips_count"] += len(idx)
+        return stats
+
+
+def load_lpips(device: torch.device):
+    """LPIPS-VGG with its pretrained weights if they can be had (cached or downloadable), else None."""
+    try:
+        import lpips
+        return lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False).to(device)
+    except Exception as e:  # offline without cached backbone weights: PSNR only
+        log.warning("LPIPS unavailable (%s); verification reports PSNR only", str(e).splitlines()[0][:120])
+        return None
 

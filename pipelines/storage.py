@@ -99,13 +99,13 @@ def join_url(base: str, *parts: str) -> str:
 # --------------------------------------------------------------------------- input specs
 
 
-def expand_inputs(spec: str, storage_options: StorageOptions = None) -> list[str]:
+def expand_inputs(spec: str, storage_options: StorageOptions = None, suffix: str = ".tar") -> list[str]:
     """Input shard URLs named by `spec`, in a deterministic order.
 
     `spec` is one of (local paths or any fsspec URL):
     - a brace pattern, `s3://b/train-{000000..000099}.tar` (expanded in order; every shard must exist),
     - a glob, `data/*.tar` (sorted),
-    - a directory: every `*.tar` directly inside it (sorted),
+    - a directory: every `*<suffix>` (`*.tar` by default) directly inside it (sorted),
     - a list file ending in `.txt`: one URL per line, `#` comment lines; relative entries are
       relative to the list file; kept in file order; entries are not checked here.
     Brace patterns may contain globs (`s3://b/{train,val}/*.tar`). http(s) shards cannot be
@@ -122,14 +122,14 @@ def expand_inputs(spec: str, storage_options: StorageOptions = None) -> list[str
     elif spec:
         listings: dict[str, dict[str, str]] = {}
         for part in braceexpand(spec):
-            found = _expand_one(part, storage_options, listings)
+            found = _expand_one(part, storage_options, listings, suffix)
             if found is None:
                 missing.append(part)
             else:
                 urls.extend(found)
     if not urls:
         raise ValueError(
-            f"no input shards match {spec!r} (expected a brace pattern, glob, directory of *.tar or .txt list)")
+            f"no input shards match {spec!r} (expected a brace pattern, glob, directory of *{suffix} or .txt list)")
     if missing:
         raise ValueError(f"{len(missing)} shard(s) named by {spec!r} do not exist, e.g. {missing[0]!r}")
     seen: set[str] = set()
@@ -140,7 +140,9 @@ def expand_inputs(spec: str, storage_options: StorageOptions = None) -> list[str
     return urls
 
 
-def _expand_one(part: str, storage_options: StorageOptions, listings: dict[str, dict[str, str]]) -> list[str] | None:
+def _expand_one(
+    part: str, storage_options: StorageOptions, listings: dict[str, dict[str, str]], suffix: str = ".tar"
+) -> list[str] | None:
     """URLs for one brace-expanded part; None when a literal path does not exist."""
     if protocol_of(part) in HTTP_PROTOCOLS:
         return [part]
@@ -153,7 +155,7 @@ def _expand_one(part: str, storage_options: StorageOptions, listings: dict[str, 
     if kind is None:
         return None
     if kind == "directory":
-        pattern = path.rstrip("/") + "/*.tar"
+        pattern = path.rstrip("/") + "/*" + suffix
         return sorted(_to_url(fs, p, part) for p in fs.glob(pattern))
     return [_to_url(fs, path, part)]
 
@@ -311,7 +313,7 @@ def fetch_to_cache(uri: str, cache_dir: str | None = None, what: str = "weights"
     """Local path for `uri`, downloading remote files once into a cache.
 
     Local paths (and file:// URLs) are returned as they are. http(s)://, s3:// and gs:// files
-    are downloaded with a progress bar to a temporary name and renamed into
+    (or, on object stores, directories such as a checkpoint's model.safetensors + config.json) are downloaded with a progress bar to a temporary name and renamed into
     `<cache_dir>/<hash of URL and endpoint>/<file name>`, so an interrupted download is never
     mistaken for a finished one; a cached file is not checked against the remote again.
 
@@ -329,33 +331,51 @@ def fetch_to_cache(uri: str, cache_dir: str | None = None, what: str = "weights"
     protocol = protocol_of(uri)
     if protocol in LOCAL_PROTOCOLS:
         path = os.path.abspath(os.path.expanduser(split_protocol(uri)[1]))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{option}: {what} file {path!r} does not exist")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{option}: {what} {path!r} does not exist")
         return path
     if protocol not in DOWNLOAD_PROTOCOLS:
         raise ValueError(f"{option}: cannot fetch {uri!r}: use a local path, http(s)://, s3:// or gs://")
 
-    name = posixpath.basename(urllib.parse.urlsplit(uri).path) or "download"
+    name = posixpath.basename(urllib.parse.urlsplit(uri).path.rstrip("/")) or "download"
     endpoint = s3_endpoint() if protocol in S3_PROTOCOLS else None
     digest = hashlib.sha256(f"{endpoint or ''}|{uri}".encode()).hexdigest()[:16]
     target = os.path.join(cache_dir or default_cache_dir(), digest, name)
-    if os.path.isfile(target):
+    if os.path.isfile(target) or os.path.isfile(os.path.join(target, DIR_COMPLETE)):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.{uuid.uuid4().hex}.part"
     try:
         fs, path = get_fs(uri)
-        progress = TqdmCallback(tqdm_kwargs={
-            "desc": f"{what}: {name}", "unit": "B", "unit_scale": True, "unit_divisor": 1024, "mininterval": 1.0,
-        })
-        fs.get_file(path, tmp, callback=progress)
-        os.replace(tmp, target)
+        if protocol in HTTP_PROTOCOLS or not fs.isdir(path):
+            _download(fs, path, target, f"{what}: {name}")
+        else:  # a checkpoint directory (model.safetensors + config.json): its files, flat
+            os.makedirs(target, exist_ok=True)
+            for info in fs.ls(path, detail=True):
+                if info["type"] == "file":
+                    base = posixpath.basename(info["name"])
+                    _download(fs, info["name"], os.path.join(target, base), f"{what}: {base}")
+            open(os.path.join(target, DIR_COMPLETE), "w").close()
     except Exception as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise RuntimeError(
             f"{option}: could not download {what} from {uri} ({type(e).__name__}: {reason}); "
             f"pass a local path instead, e.g. {option} /path/to/{name}"
         ) from e
     return target
+
+
+DIR_COMPLETE = ".complete"  # marks a fully downloaded directory in the cache
+
+
+def _download(fs: fsspec.AbstractFileSystem, path: str, target: str, desc: str) -> None:
+    """One file to `target` via a temporary name, with a progress bar."""
+    tmp = f"{target}.{uuid.uuid4().hex}.part"
+    try:
+        progress = TqdmCallback(tqdm_kwargs={
+            "desc": desc, "unit": "B", "unit_scale": True, "unit_divisor": 1024, "mininterval": 1.0,
+        })
+        fs.get_file(path, tmp, callback=progress)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

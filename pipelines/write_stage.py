@@ -24,7 +24,7 @@ def shard_table(row: dict[str, Any], codes_column: str, keep_image: bool, image_
     columns: dict[str, Any] = {
         S.KEY: pa.array(row["keys"], pa.string()),
         S.LABEL: pa.array(row["labels"], pa.int32()),
-        S.SOURCE_SHARD: pa.array([row["shard"]] * n, pa.string()),
+        S.SOURCE_SHARD: pa.array(row["sources"], pa.string()),
         S.SOURCE_MEMBER: pa.array(row["members"], pa.string()),
     }
     if keep_image:
@@ -46,8 +46,7 @@ def write_shard(row: dict[str, Any], output: str, codes_column: str, keep_image:
     """Commit one shard unless it could not be read at all (then it is reported as failed)."""
     errors = [json.loads(e) for e in row["errors"]]
     result = {"shard": row["shard"], "name": row["name"], "rows": len(row["keys"]), "errors": json.dumps(errors),
-              "failed": bool(row["failed"]), "bytes": 0,
-              "bf16_agree": int(row.get("bf16_agree", 0)), "bf16_compared": int(row.get("bf16_compared", 0))}
+              "failed": bool(row["failed"]), "bytes": 0, "stats": row.get("stats") or "{}"}
     if row["failed"]:
         return result
     t0 = time.perf_counter()

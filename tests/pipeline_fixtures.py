@@ -107,6 +107,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
 
 
+def committed_shards(out: Path) -> int:
+    """How many shards a job has committed (success records) so far."""
+    d = Path(out) / "_success"
+    return len(list(d.glob("*.json"))) if d.exists() else 0
+
+
 @pytest.fixture(scope="session")
 def sample_labels() -> dict[str, int]:
     return {im.key: im.label for im in collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv"))}

@@ -20,7 +20,7 @@ from PIL import Image
 
 from jobs.precompute_proxy import main
 from pipeline_fixtures import (  # noqa: F401  (fixtures)
-    bad_corpus, many_shards, ray_head, ray_local, sample_labels, sample_shards, tiny_teacher,
+    bad_corpus, committed_shards, many_shards, ray_head, ray_local, sample_labels, sample_shards, tiny_teacher,
 )
 from pipelines.views import View, apply_view
 from pipelines.encode_stage import prepare
@@ -146,11 +146,6 @@ def test_offline_default_teacher_names_the_option(tmp_path, capsys, sample_shard
     assert "--teacher" in err and "local path" in err
 
 
-def _committed(out: Path) -> int:
-    d = out / "_success"
-    return len(list(d.glob("*.json"))) if d.exists() else 0
-
-
 def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_shards, tiny_teacher, tmp_path):
     shards, keys = many_shards
     out = tmp_path / "proxy"
@@ -160,11 +155,11 @@ def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_s
     for kill_after in (1, 4):  # two kills at different points, then a clean finish
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while _committed(out) < kill_after and proc.poll() is None and time.time() < deadline:
+        while committed_shards(out) < kill_after and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert _committed(out) < len(list(Path(shards).glob("*.tar"))), "the job finished before it was killed"
+        assert committed_shards(out) < len(list(Path(shards).glob("*.tar"))), "the job finished before it was killed"
         # what a reader of the directory sees is whole files (temporary files are dot-files it skips)
         visible = read_dataset(out) if list(out.glob("*.parquet")) else pd.DataFrame({"key": []})
         assert visible.key.is_unique and set(visible.key) <= set(keys)

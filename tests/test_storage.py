@@ -125,8 +125,10 @@ def test_fetch_local_path_is_returned_as_is(tmp_path):
     weights.write_bytes(b"w")
     assert fetch_to_cache(str(weights)) == str(weights)
     assert fetch_to_cache("file://" + str(weights)) == str(weights)
-    with pytest.raises(FileNotFoundError, match="--teacher: weights file .*missing.bin.* does not exist"):
+    with pytest.raises(FileNotFoundError, match="--teacher: weights .*missing.bin.* does not exist"):
         fetch_to_cache(str(tmp_path / "missing.bin"))
+    (tmp_path / "ckpt").mkdir()  # our checkpoint format is a directory
+    assert fetch_to_cache(str(tmp_path / "ckpt")) == str(tmp_path / "ckpt")
 
 
 @pytest.mark.slow
@@ -142,6 +144,21 @@ def test_fetch_from_s3_downloads_once_into_the_cache(tmp_path, s3_env, monkeypat
     assert fetch_to_cache(f"s3://{bucket}/weights/vq.bin") == path  # served from the cache
     with pytest.raises(RuntimeError, match="--tokenizer: could not download tokenizer weights"):
         fetch_to_cache(f"s3://{bucket}/weights/other.bin", what="tokenizer weights", option="--tokenizer")
+
+
+@pytest.mark.slow
+def test_fetch_checkpoint_directory_from_s3(tmp_path, s3_env, monkeypatch):
+    from titok_core import PRESETS, TiTok, load_model, save_pretrained
+    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
+    bucket = s3_env.create_bucket()
+    local = save_pretrained(TiTok(PRESETS["debug"]), tmp_path / "ckpt")
+    for f in local.iterdir():
+        s3_env.client().put_object(Bucket=bucket, Key=f"runs/ckpt/{f.name}", Body=f.read_bytes())
+    path = fetch_to_cache(f"s3://{bucket}/runs/ckpt", what="tokenizer", option="--tokenizer")
+    assert sorted(os.listdir(path)) == [".complete", "config.json", "model.safetensors"]
+    assert load_model(path).config == PRESETS["debug"]
+    s3_env.client().delete_object(Bucket=bucket, Key="runs/ckpt/config.json")
+    assert fetch_to_cache(f"s3://{bucket}/runs/ckpt") == path  # served from the cache
 
 
 def test_fetch_unreachable_url_says_to_pass_a_local_path(tmp_path):

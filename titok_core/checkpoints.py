@@ -169,7 +169,15 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], source: str 
         parts = [f"{name} {len(xs)}: {few(xs)}" for name, xs in
                  (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if xs]
         raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
+    # A model built on the meta device takes the checkpoint's tensors as they are (no copy).
+    on_meta = any(t.is_meta for t in own.values())
+    model.load_state_dict(sd, strict=True, assign=on_meta)
+
+
+def _empty(cls, cfg):
+    """Build without allocating or initialising weights (a checkpoint fills them): seconds saved at L-32."""
+    with torch.device("meta"):
+        return cls(cfg)
 
 
 def read_official(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -199,10 +207,10 @@ def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint") -> An
     if "latent_tokens" in sd:
         cfg = infer_titok_config(sd)
         released = any(k.startswith("pixel_decoder.") for k in sd)
-        model: AnyModel = TiTokReleased(cfg) if released else TiTok(cfg)
+        model: AnyModel = _empty(TiTokReleased if released else TiTok, cfg)
         sd = {official_to_ours(k, released): v for k, v in sd.items()}
     elif any(k.startswith("encoder.conv_in") for k in sd):
-        model = MaskGITVQGAN(infer_vqgan_config(sd))
+        model = _empty(MaskGITVQGAN, infer_vqgan_config(sd))
     else:
         raise CheckpointMismatchError(f"{source}: neither a TiTok nor a MaskGIT-VQGAN state dict")
     load_state_dict_strict(model, sd, source)
@@ -234,7 +242,7 @@ def load_pretrained(directory: str | os.PathLike) -> AnyModel:
     if kind not in _KINDS:
         raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
     cfg_cls = VQGANConfig if kind == "maskgit_vqgan" else TiTokConfig
-    model = _KINDS[kind](cfg_cls.from_dict(meta["config"]))
+    model = _empty(_KINDS[kind], cfg_cls.from_dict(meta["config"]))
     load_state_dict_strict(model, load_file(str(directory / "model.safetensors")), str(directory))
     return model.eval()
 

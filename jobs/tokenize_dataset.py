@@ -1,0 +1,87 @@
+"""Tokenize a whole dataset: images -> TiTok token sequences in Parquet, for generator (MaskGIT) training.
+
+Input is WebDataset shards (as for precompute_proxy.py) or a proxy-code dataset that job wrote
+(its stored base images are tokenized as they are). Each input file becomes one Parquet file,
+committed atomically with a success record: kill the job at any moment and rerun the same
+command; committed files are skipped, nothing is lost or doubled. The tokenizer's identity
+(config + weights hash) is recorded in every file's metadata and in the summary.
+
+example:
+  ray job submit --working-dir . -- python jobs/tokenize_dataset.py \\
+      --tokenizer https://huggingface.co/fun-research/TiTok/resolve/main/tokenizer_titok_l32.bin \\
+      --input 's3://bucket/imagenet/train-{000000..000320}.tar' --output s3://bucket/tokens/train \\
+      --views center-flip --workers 8 --num-gpus 1 --batch-size 256 --verify-fraction 0.001
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from pipelines import cli  # noqa: E402
+
+from titok_core import OFFICIAL_URLS, TiTok, TiTokReleased  # noqa: E402
+
+INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tokenize_dataset.py", description=__doc__, formatter_class=cli.HelpFormatter)
+    cli.add_io_args(p)
+    p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
+                   help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
+    cli.add_image_args(p)
+    p.add_argument("--tokenizer", default=OFFICIAL_URLS["L-32"],
+                   help="TiTok weights: official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
+    p.add_argument("--verify-fraction", type=float, default=0.0,
+                   help="decode this random fraction of images' tokens back to pixels; PSNR (and LPIPS when its "
+                        "weights are available) against the input crops go into the summary")
+    cli.add_compute_args(p)
+    p.set_defaults(views="center-flip")  # the generator recipe trains on centre crops and their flips
+    return p.parse_args(argv)
+
+
+def input_suffix(spec: str, fmt: str) -> str:
+    if fmt != "auto":
+        return INPUT_FORMATS[fmt]
+    return ".parquet" if ".parquet" in spec or _has_parquet(spec) else ".tar"
+
+
+def _has_parquet(spec: str) -> bool:
+    from pipelines.storage import get_fs
+    try:
+        fs, path = get_fs(spec)
+        return fs.isdir(path) and bool(fs.glob(path.rstrip("/") + "/*.parquet"))
+    except Exception:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging()
+    try:
+        if not 0.0 <= args.verify_fraction <= 1.0:
+            return cli.fail(f"--verify-fraction {args.verify_fraction} must be in [0, 1]")
+        path, model = cli.load_job_model(args.tokenizer, "--tokenizer")
+        if not isinstance(model, (TiTok, TiTokReleased)):
+            return cli.fail(f"--tokenizer {args.tokenizer} holds a {type(model).__name__}, not a TiTok tokenizer")
+        if args.verify_fraction > 0 and not isinstance(model, TiTokReleased):
+            return cli.fail("--verify-fraction needs a tokenizer with a pixel decoder (released / stage-2 form); "
+                            f"{args.tokenizer} is a stage-1 model")
+        if args.resolution != model.config.image_size:
+            return cli.fail(f"--resolution {args.resolution} does not match the tokenizer's image size "
+                            f"{model.config.image_size}")
+        identity = {"tokenizer": cli.model_identity(path, model), "codebook_size": model.config.codebook_size}
+        return cli.run_job(args, model_uri=args.tokenizer, model_option="--tokenizer", codes_column="tokens",
+                           keep_image=False, codes_per_view=model.config.num_latent_tokens, identity=identity,
+                           image_format="none", input_suffix=input_suffix(args.input, args.input_format),
+                           verify_fraction=args.verify_fraction)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        return cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
