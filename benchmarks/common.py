@@ -1,0 +1,87 @@
+"""Pieces shared by the job-vs-plain-loop benchmarks: the same images, the same model, side by side."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines.images import decode_and_preprocess  # noqa: E402
+from pipelines.shards import SourceImage, collect_images, pack  # noqa: E402
+from pipelines.views import View, apply_view  # noqa: E402
+
+SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
+
+
+class CenterCrops(torch.utils.data.Dataset):
+    """JPEG files -> official preprocessing -> 256 centre crop, uint8 CHW (what the jobs feed the model)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        base = decode_and_preprocess(Path(self.paths[i]).read_bytes())
+        return torch.from_numpy(apply_view(base, View(0.5, False))).permute(2, 0, 1)
+
+
+def plain_loop(paths: list[str], model: torch.nn.Module, batch_size: int) -> float:
+    """A single-process PyTorch loop: DataLoader with 1 decoding worker, model.encode in the main process."""
+    t0 = time.perf_counter()
+    loader = torch.utils.data.DataLoader(CenterCrops(paths), batch_size=batch_size, num_workers=1)
+    with torch.inference_mode():
+        for batch in loader:
+            model.encode(batch.float().div_(255))
+    return time.perf_counter() - t0
+
+
+def sample_images(n: int) -> list[SourceImage]:
+    return sorted(collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv")), key=lambda im: im.key)[:n]
+
+
+def make_workdir(images: list[SourceImage], per_shard: int = 16) -> Path:
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    pack(images, str(work / "shards"), per_shard)
+    return work
+
+
+def timed_job(main: Callable[[list[str]], int], argv: list[str], out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    code = main(argv + ["--output", str(out)])
+    assert code == 0, f"job failed with exit code {code}"
+    return time.perf_counter() - t0
+
+
+def side_by_side(n: int, repeats: int, job: Callable[[], float], loop: Callable[[], float]) -> tuple[float, float]:
+    """Alternate job and loop `repeats` times in one local Ray session; (median job s, median loop s)."""
+    import ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count())
+    job_s, loop_s = [], []
+    try:
+        for _ in range(repeats):
+            job_s.append(job())
+            loop_s.append(loop())
+    finally:
+        ray.shutdown()
+    return statistics.median(job_s), statistics.median(loop_s)
+
+
+def report(title: str, n: int, job_s: float, loop_s: float) -> None:
+    print(f"\n{title}")
+    print(f"  plain PyTorch loop (DataLoader, no output)    {n / loop_s:7.2f} img/s  ({loop_s:.1f} s)")
+    print(f"  job (Ray Data, Parquet + per-shard commits)   {n / job_s:7.2f} img/s  ({job_s:.1f} s, incl. actor start-up)")
+    print(f"  job / loop                                    {loop_s / job_s:7.2f}x")
