@@ -114,8 +114,10 @@ class Progress:
 
     def add(self, r: dict[str, Any]) -> None:
         errors = json.loads(r["errors"])
-        if r["failed"]:
+        if r["failed"]:  # unreadable: not committed; counts as one error so the rate sees it
             self.failed += 1
+            self.errors += 1
+            self.reasons.update(e["reason"] for e in errors[-1:])
             self.failures.append(f"{r['shard']}: {'; '.join(e['detail'] for e in errors)[:300]}")
         else:
             self.done += 1
@@ -226,9 +228,12 @@ def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
         reason = "no image could be read"
     elif error_rate > cfg.max_error_rate:
         reason = f"error rate {error_rate:.3%} is above --max-error-rate {cfg.max_error_rate:.3%}"
-    elif progress.failed:
-        reason = f"{progress.failed} shard(s) could not be read; rerun to retry them"
-    summary["status"] = "ok" if reason is None else f"failed: {reason}"
+    if reason:
+        summary["status"] = f"failed: {reason}"
+    elif progress.failed:  # within the error budget, but the output is incomplete until a rerun
+        summary["status"] = f"ok, incomplete: {progress.failed} shard(s) could not be read; rerun to retry them"
+    else:
+        summary["status"] = "ok"
     commit.write_summary(cfg.output, summary, cfg.storage_options)
     return summary, 0 if reason is None else 1
 

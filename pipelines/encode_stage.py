@@ -116,13 +116,13 @@ class EncodeViews:
             for h, w in zip(row["heights"], row["widths"])
         ]
         out = {k: v for k, v in row.items() if k != "pixels"}
-        out["codes"] = codes.reshape(n, nv, -1).tobytes()
+        out["codes"] = codes.reshape(n, nv, self.codes_per_view).tobytes()
         out["codes_shape"] = [n, nv, self.codes_per_view]
         out["view_offsets"] = json.dumps(offsets)
         out["view_flips"] = [v.flip for v in self.views]
         stats = {"bf16_agree": agree, "bf16_compared": compared}
         if self.verify_fraction > 0 and n:
-            stats.update(self.verify(row["name"], codes.reshape(n, nv, -1)[:, 0], crops[::nv]))
+            stats.update(self.verify(row["name"], codes.reshape(n, nv, self.codes_per_view)[:, 0], crops[::nv]))
         out["stats"] = json.dumps(stats)
         return out
 

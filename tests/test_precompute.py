@@ -206,3 +206,24 @@ def test_ray_job_submit_to_a_local_head(ray_head, sample_shards, tiny_teacher, t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
     assert len(read_dataset(out)) == n
+
+
+def test_unreadable_shard_is_not_committed_and_is_retried(ray_local, sample_shards, tiny_teacher, tmp_path):
+    shards, n = sample_shards
+    tars = sorted(Path(shards).glob("*.tar"))
+    late = tmp_path / "late-000000.tar"  # named in the list, but not there yet (e.g. still uploading)
+    listing = tmp_path / "shards.txt"
+    listing.write_text("\n".join([*map(str, tars), str(late)]) + "\n")
+    out = tmp_path / "proxy"
+    args = ["--input", listing, "--output", out, "--teacher", tiny_teacher, "--max-error-rate", "0.5"]
+    assert job(*args) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"].startswith("ok, incomplete") and summary["shards_failed"] == 1
+    assert "late-000000.tar" in summary["failed_shards"][0]
+    assert summary["errors_by_reason"] == {"unreadable_shard": 1}
+    assert not (out / "_success" / "late-000000.json").exists()
+    late.write_bytes(tars[0].read_bytes())
+    assert job(*args) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["shards_done"], summary["shards_skipped"], summary["status"]) == (1, 3, "ok")
+    assert len(read_dataset(out)) == n + 4
