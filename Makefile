@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo conformance bench clean
+.PHONY: setup test demo demo-pretrained conformance bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,demo]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -24,8 +24,13 @@ test: setup
 conformance: setup
 	$(PY) -m titok_core.conformance ../shared/conformance/public
 
+# IMAGES=dir uses your own images instead of the bundled sample photos.
 demo: setup
-	$(PY) -m titok_core.conformance ../shared/conformance/public
+	$(PY) jobs/demo.py --output runs/demo $(if $(IMAGES),--images $(IMAGES),)
+
+# TOKENIZER=path uses a local tokenizer_titok_l32.bin instead of downloading it.
+demo-pretrained: setup
+	$(PY) jobs/demo.py --pretrained --output runs/demo-pretrained $(if $(TOKENIZER),--tokenizer $(TOKENIZER),)
 
 bench: setup
 	$(PY) benchmarks/teacher_encode.py

@@ -1,0 +1,321 @@
+"""`make demo`: the whole system end to end on a small real dataset, then a report.
+
+    images -> make_shards -> precompute_proxy -> train stage 1 -> train stage 2 -> tokenize -> report
+
+Every step is the real job's `main(argv)`, in one local Ray session. Output in `runs/demo/`:
+report.md, reconstructions.png (inputs | reconstructions), loss_curves.png, the Parquet datasets,
+the checkpoints and each job's summary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .demo_data import write_demo_images
+from .storage import fetch_to_cache
+from .views import View, apply_view
+
+RULE = "-" * 78
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs.
+
+    Args:
+        output: where everything goes (runs/demo).
+        images: a folder of the user's images instead of the bundled photos (ImageFolder or flat).
+        photos / crops: how many bundled photos, and crops of each.
+        stage1_steps / stage2_steps: override the debug recipes' step counts (None: the recipe's).
+        workers: Ray Train workers.
+        samples_per_shard: shard size (several shards show the per-shard commits).
+    """
+
+    output: Path
+    images: Path | None = None
+    photos: int | None = None
+    crops: int = 4
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
+    workers: int = 2
+    samples_per_shard: int = 16
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    print(f"\n[demo] {msg}", flush=True)
+
+
+def timed(cfg: DemoConfig, name: str, fn: Callable[[], int]) -> None:
+    t0 = time.perf_counter()
+    code = fn()
+    cfg.timings[name] = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"demo step '{name}' failed with exit code {code}; see the output above")
+
+
+def image_list(folder: Path, dest: Path) -> Path:
+    """A `path<TAB>label` list of a user folder: label = index of the image's sub-folder (0 if flat)."""
+    exts = {".jpg", ".jpeg", ".png", ".webp", ".JPEG", ".JPG", ".PNG"}
+    files = sorted(p for p in folder.rglob("*") if p.suffix in exts and p.is_file())
+    if not files:
+        raise RuntimeError(f"--images {folder}: no .jpg / .png / .webp files found")
+    classes = sorted({p.parent for p in files})
+    dest.write_text("".join(f"{p}\t{classes.index(p.parent)}\n" for p in files))
+    return dest
+
+
+def get_teacher(out: Path) -> tuple[str, bool]:
+    """The official MaskGIT-VQGAN if it can be downloaded (cached), else a small random one."""
+    from titok_core import OFFICIAL_URLS, VQGAN_PRESETS, MaskGITVQGAN, save_pretrained
+    try:
+        return fetch_to_cache(OFFICIAL_URLS["maskgit-vqgan"], what="MaskGIT-VQGAN teacher"), True
+    except RuntimeError as e:
+        say(f"The official teacher could not be downloaded ({str(e).split(' (')[0]}).\n"
+            "       Using a small RANDOM teacher so the pipeline still runs offline: its proxy codes and the\n"
+            "       reconstructions below show the machinery working, not a trained tokenizer's quality.")
+        torch.manual_seed(0)
+        path = out / "teacher-random"
+        if not (path / "config.json").exists():
+            save_pretrained(MaskGITVQGAN(VQGAN_PRESETS["debug"]), path)
+        return str(path), False
+
+
+def pretrained_lpips_available() -> bool:
+    try:
+        import lpips
+        lpips.LPIPS(net="vgg", verbose=False)
+        return True
+    except Exception:
+        return False
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    from jobs.make_shards import main as make_shards
+    from jobs.precompute_proxy import main as precompute
+    from jobs.tokenize_dataset import main as tokenize
+    from jobs.train_tokenizer import main as train
+
+    from .cli import init_ray
+
+    out = cfg.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray(None)
+    if cfg.images:
+        say(f"1/6 packing your images from {cfg.images} into shards")
+        source = [str(image_list(cfg.images, out / "images.tsv")), "--layout", "list"]
+    else:
+        say("1/6 writing crops of scikit-image's public-domain sample photos, packing them into shards")
+        source = [str(write_demo_images(out / "images", cfg.photos, cfg.crops))]
+    timed(cfg, "make_shards", lambda: make_shards(
+        [*source, "--output", str(out / "shards"), "--samples-per-shard", str(cfg.samples_per_shard), "--overwrite"]))
+
+    teacher, official = get_teacher(out)
+    say("2/6 precomputing proxy codes with the teacher (jobs/precompute_proxy.py)")
+    timed(cfg, "precompute_proxy", lambda: precompute(
+        ["--input", str(out / "shards"), "--output", str(out / "proxy"), "--teacher", teacher,
+         "--views", "offsets-2", "--num-classes", "100000", "--batch-size", "16"]))
+
+    steps1 = ["--steps", str(cfg.stage1_steps)] if cfg.stage1_steps else []
+    say("3/6 stage 1: TiTok learns the proxy codes (jobs/train_tokenizer.py --stage 1 --preset debug)")
+    timed(cfg, "train_stage1", lambda: train(
+        ["--stage", "1", "--preset", "debug", "--data", str(out / "proxy"), "--output", str(out / "stage1"),
+         "--teacher", teacher, "--num-workers", str(cfg.workers), *steps1]))
+
+    lpips_ok = pretrained_lpips_available()
+    if not lpips_ok:
+        say("The pretrained LPIPS (VGG16) weights are not available offline: stage 2 uses randomly\n"
+            "       initialised perceptual backbones (--random-backbones); pass --lpips-weights on a real run.")
+    steps2 = ["--steps", str(cfg.stage2_steps)] if cfg.stage2_steps else []
+    say("4/6 stage 2: decoder fine-tuning on pixels (jobs/train_tokenizer.py --stage 2 --preset debug)")
+    timed(cfg, "train_stage2", lambda: train(
+        ["--stage", "2", "--preset", "debug", "--data", str(out / "proxy"), "--init", str(out / "stage1" / "model"),
+         "--output", str(out / "stage2"), "--teacher", teacher, "--num-workers", str(cfg.workers), *steps2,
+         *([] if lpips_ok else ["--random-backbones"])]))
+
+    say("5/6 tokenizing the dataset with the trained tokenizer (jobs/tokenize_dataset.py)")
+    timed(cfg, "tokenize", lambda: tokenize(
+        ["--input", str(out / "proxy"), "--output", str(out / "tokens"), "--tokenizer", str(out / "stage2" / "model"),
+         "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
+
+    say("6/6 writing the report")
+    report = write_report(cfg, out, official_teacher=official, pretrained_lpips=lpips_ok)
+    print(f"\n{RULE}\nDone. Look at:\n"
+          f"  {report}\n  {out / 'reconstructions.png'}   inputs | reconstructions\n"
+          f"  {out / 'loss_curves.png'}\n  {out}/proxy, {out}/tokens   Parquet (pandas, DuckDB, HF datasets)\n"
+          f"  {out}/stage1/model, {out}/stage2/model   checkpoints (titok_core.load_model)\n"
+          f"Next: python jobs/<job>.py --help for the three jobs; README.md 'Running on a cluster' to scale out.\n{RULE}")
+    return report
+
+
+# ------------------------------------------------------------------------------------------- report
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def last(metrics: list[dict[str, Any]], key: str) -> float | None:
+    values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
+    return values[-1] if values else None
+
+
+def first(metrics: list[dict[str, Any]], key: str) -> float | None:
+    values = [m[key] for m in metrics if isinstance(m.get(key), (int, float))]
+    return values[0] if values else None
+
+
+def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metrics, keys, title in (
+        (axes[0], stage1, ("loss", "proxy_accuracy"), "stage 1: proxy codes"),
+        (axes[1], stage2, ("recon_loss", "perceptual_loss", "g_loss", "d_loss"), "stage 2: pixels"),
+    ):
+        for key in keys:
+            pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "loss_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reconstructions(out: Path, n: int = 8) -> tuple[Path, float]:
+    """Inputs | reconstructions for the first n images (centre view), and their mean PSNR."""
+    from titok_core import load_model
+    model = load_model(out / "stage2" / "model")
+    proxy = pd.read_parquet(out / "proxy", columns=["key", "image"]).sort_values("key").head(n)
+    tokens = pd.read_parquet(out / "tokens", columns=["key", "tokens"]).set_index("key")
+    crops = [apply_view(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), View(0.5, False)) for b in proxy.image]
+    tok = torch.tensor(np.stack([np.stack(tokens.loc[k, "tokens"])[0] for k in proxy.key]).astype(np.int64))
+    with torch.inference_mode():
+        rec = model.decode_tokens(tok, clamp=True).permute(0, 2, 3, 1).mul(255).round().byte().numpy()
+    inp = np.stack(crops)
+    mse = ((inp.astype(np.float64) - rec) ** 2).reshape(len(inp), -1).mean(1) / 255**2
+    psnr = float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-10))))
+    grid = np.concatenate([np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)], axis=0)
+    path = out / "reconstructions.png"
+    Image.fromarray(grid).save(path)
+    return path, psnr
+
+
+def token_stats(out: Path, codebook_size: int) -> dict[str, float]:
+    df = pd.read_parquet(out / "tokens", columns=["tokens"])
+    flat = np.concatenate([np.stack(t).reshape(-1) for t in df.tokens])
+    counts = np.bincount(flat, minlength=codebook_size)
+    p = counts[counts > 0] / counts.sum()
+    return {"sequences": int(sum(len(t) for t in df.tokens)), "tokens_per_sequence": int(len(df.tokens.iloc[0][0])),
+            "distinct": int((counts > 0).sum()), "codebook_size": codebook_size,
+            "perplexity": float(math.exp(-(p * np.log(p)).sum()))}
+
+
+def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_lpips: bool) -> Path:
+    from titok_core import load_model
+    precompute = json.loads((out / "proxy" / "_summary.json").read_text())
+    tokenize = json.loads((out / "tokens" / "_summary.json").read_text())
+    s1, s2 = read_metrics(out / "stage1"), read_metrics(out / "stage2")
+    curves = loss_curves(out, s1, s2)
+    grid, psnr = reconstructions(out)
+    model = load_model(out / "stage2" / "model")
+    toks = token_stats(out, model.config.codebook_size)
+    codes = np.concatenate([np.stack(c).reshape(-1) for c in pd.read_parquet(out / "proxy", columns=["proxy_codes"]).proxy_codes])
+    baseline = Counter(codes.tolist()).most_common(1)[0][1] / len(codes)
+
+    def fmt(x: float | None, spec: str = ".4f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    lines = [
+        "# titok-ray demo report", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} in `{out}`.", "",
+        "## What ran", "",
+        "| step | what | wall time |", "|---|---|---|",
+        f"| make_shards | {'your images' if cfg.images else 'crops of scikit-image sample photos'} -> "
+        f"{len(list((out / 'shards').glob('*.tar')))} WebDataset shards | {cfg.timings.get('make_shards', 0):.1f} s |",
+        f"| precompute_proxy | teacher: {'official MaskGIT-VQGAN' if official_teacher else 'small RANDOM MaskGIT-VQGAN (offline)'}, "
+        f"views offsets-2 | {cfg.timings.get('precompute_proxy', 0):.1f} s |",
+        f"| train stage 1 | debug preset, {last(s1, 'step')} steps, {cfg.workers} Ray Train workers | "
+        f"{cfg.timings.get('train_stage1', 0):.1f} s |",
+        f"| train stage 2 | debug preset, {last(s2, 'step')} steps, perceptual backbones "
+        f"{'pretrained' if pretrained_lpips else 'RANDOM (offline)'} | {cfg.timings.get('train_stage2', 0):.1f} s |",
+        f"| tokenize | stage-2 model, views center-flip, every image verified | {cfg.timings.get('tokenize', 0):.1f} s |",
+        "", "## Counts and throughput", "",
+        "| stage | images | quarantined | images/s |", "|---|---|---|---|",
+        f"| precompute_proxy | {precompute['images_total']} | {precompute['errors_total']} | {precompute['images_per_s']} |",
+        f"| train stage 1 | | | {fmt(last(s1, 'images_per_s'), '.1f')} |",
+        f"| train stage 2 | | | {fmt(last(s2, 'images_per_s'), '.1f')} |",
+        f"| tokenize | {tokenize['images_total']} | {tokenize['errors_total']} | {tokenize['images_per_s']} |",
+        "", "## Training", "",
+        f"- stage 1 loss: {fmt(first(s1, 'loss'))} -> {fmt(last(s1, 'loss'))}",
+        f"- stage 1 proxy-code accuracy: {fmt(first(s1, 'proxy_accuracy'))} -> {fmt(last(s1, 'proxy_accuracy'))} "
+        f"(most-frequent-code baseline {baseline:.4f})",
+        f"- stage 2 reconstruction loss: {fmt(first(s2, 'recon_loss'))} -> {fmt(last(s2, 'recon_loss'))}",
+        "", "## Reconstructions", "",
+        f"- PSNR of the 8 reconstructions in `reconstructions.png`: {psnr:.2f} dB",
+        f"- PSNR over every image (tokenize --verify-fraction 1): {tokenize['verify']['psnr_db']} dB; "
+        f"LPIPS: {tokenize['verify']['lpips'] if tokenize['verify']['lpips'] is not None else 'n/a (weights offline)'}",
+        "", "![reconstructions](reconstructions.png)", "", "![loss curves](loss_curves.png)", "",
+        "## Tokens", "",
+        f"- {toks['sequences']} sequences of {toks['tokens_per_sequence']} tokens",
+        f"- {toks['distinct']} of {toks['codebook_size']} codebook entries used, perplexity {toks['perplexity']:.1f}",
+        "", "## Outputs", "",
+        "- `proxy/`, `tokens/`: Parquet datasets (+ `_summary.json`, `_errors/`, `_success/`)",
+        "- `stage1/`, `stage2/`: runs (`model/`, `metrics.jsonl`, `images/`, `tensorboard/`, `checkpoints/`)",
+        "- next: `python jobs/<job>.py --help`; README.md, section 'Running on a cluster'",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    assert curves.exists() and grid.exists()
+    return report
+
+
+# ------------------------------------------------------------------------------------ pretrained
+def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crops: int) -> Path:
+    """Reconstruct the sample photos with the released TiTok-L-32 (downloaded once, cached)."""
+    from titok_core import OFFICIAL_URLS, load_model
+
+    from .images import decode_and_preprocess
+    out = output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    uri = tokenizer or OFFICIAL_URLS["L-32"]
+    try:
+        path = fetch_to_cache(uri, what="TiTok-L-32 tokenizer", option="--tokenizer")
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{e}. The pretrained demo needs the released tokenizer_titok_l32.bin (2.6 GB): network access to "
+            f"huggingface.co, or download it elsewhere and run: make demo-pretrained TOKENIZER=/path/to/"
+            "tokenizer_titok_l32.bin") from None
+    model = load_model(path)
+    folder = write_demo_images(out / "images", photos, crops)
+    crops_ = [apply_view(decode_and_preprocess(p.read_bytes()), View(0.5, False)) for p in sorted(folder.rglob("*.png"))]
+    x = torch.from_numpy(np.stack(crops_)).permute(0, 3, 1, 2).float() / 255
+    rows, psnrs = [], []
+    with torch.inference_mode():
+        for i in range(0, len(x), 4):
+            rec = model.decode_tokens(model.encode(x[i : i + 4]), clamp=True)
+            psnrs += (10 * torch.log10(1 / ((rec - x[i : i + 4]) ** 2).flatten(1).mean(1).clamp_min(1e-10))).tolist()
+            for a, b in zip(x[i : i + 4], rec):
+                rows.append(torch.cat([a, b], dim=2))
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().byte().numpy()
+    Image.fromarray(grid).save(out / "reconstructions.png")
+    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {len(x)} crops: "
+          f"mean PSNR {np.mean(psnrs):.2f} dB\n  {out / 'reconstructions.png'}   inputs | reconstructions\n{RULE}")
+    return out / "reconstructions.png"
