@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo demo-pretrained conformance bench clean
+.PHONY: setup sysdeps test demo demo-pretrained conformance bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
+# The on-prem cluster test runs `ray up` over a real sshd on 127.0.0.1; as root, install its tools.
+SYSTEM_TOOLS := sshd rsync nc
+sysdeps:
+	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing openssh-server rsync netcat-openbsd for the cluster test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    openssh-server rsync netcat-openbsd >/dev/null; fi
+
+test: setup sysdeps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 conformance: setup

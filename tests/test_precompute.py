@@ -19,9 +19,7 @@ import torch
 from PIL import Image
 
 from jobs.precompute_proxy import main
-from pipeline_fixtures import (  # noqa: F401  (fixtures)
-    bad_corpus, committed_shards, many_shards, ray_head, ray_local, sample_labels, sample_shards, tiny_teacher,
-)
+from pipeline_fixtures import committed_shards
 from pipelines.views import View, apply_view
 from pipelines.encode_stage import prepare
 from titok_core import load_model

@@ -20,9 +20,7 @@ from PIL import Image
 
 from jobs.precompute_proxy import main as precompute
 from jobs.tokenize_dataset import main
-from pipeline_fixtures import (  # noqa: F401  (fixtures)
-    bad_corpus, committed_shards, many_shards, ray_head, ray_local, sample_labels, sample_shards, tiny_teacher,
-)
+from pipeline_fixtures import committed_shards
 from pipelines.images import decode_and_preprocess
 from pipelines.shards import collect_images
 from pipelines.views import View, apply_view
