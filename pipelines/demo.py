@@ -181,17 +181,24 @@ def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metrics, keys, title in (
-        (axes[0], stage1, ("loss", "proxy_accuracy"), "stage 1: proxy codes"),
-        (axes[1], stage2, ("recon_loss", "perceptual_loss", "g_loss", "d_loss"), "stage 2: pixels"),
-    ):
-        for key in keys:
-            pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), label=key)
-        ax.set_title(title)
+
+    def plot(ax, metrics: list[dict], key: str, **kw) -> None:
+        pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), label=key, **kw)
+
+    plot(axes[0], stage1, "loss")
+    acc = axes[0].twinx()  # accuracy is in [0, 1], the loss in nats: two scales
+    plot(acc, stage1, "accuracy", color="tab:orange")
+    axes[0].set_title("stage 1: proxy codes")
+    axes[0].set_ylabel("cross-entropy + quantizer loss")
+    acc.set_ylabel("proxy-code accuracy")
+    for key in ("l2_loss", "perceptual_loss", "gan_loss"):
+        plot(axes[1], stage2, key)
+    axes[1].set_title("stage 2: pixels")
+    for ax in (axes[0], acc, axes[1]):
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+    fig.legend(loc="upper center", ncol=5, fontsize=8)
     fig.tight_layout()
     path = out / "loss_curves.png"
     fig.savefig(path, dpi=100)
@@ -200,7 +207,7 @@ def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
 
 
 def reconstructions(out: Path, n: int = 8) -> tuple[Path, float]:
-    """Inputs | reconstructions for the first n images (centre view), and their mean PSNR."""
+    """Inputs | reconstructions for the first n images (centre view), four pairs a row, and their mean PSNR."""
     from titok_core import load_model
     model = load_model(out / "stage2" / "model")
     proxy = pd.read_parquet(out / "proxy", columns=["key", "image"]).sort_values("key").head(n)
@@ -212,7 +219,9 @@ def reconstructions(out: Path, n: int = 8) -> tuple[Path, float]:
     inp = np.stack(crops)
     mse = ((inp.astype(np.float64) - rec) ** 2).reshape(len(inp), -1).mean(1) / 255**2
     psnr = float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-10))))
-    grid = np.concatenate([np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)], axis=0)
+    pairs = [np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)]  # input | reconstruction
+    pairs += [np.zeros_like(pairs[0])] * (-len(pairs) % 4)
+    grid = np.concatenate([np.concatenate(pairs[i : i + 4], axis=1) for i in range(0, len(pairs), 4)], axis=0)
     path = out / "reconstructions.png"
     Image.fromarray(grid).save(path)
     return path, psnr
@@ -265,9 +274,10 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
         f"| tokenize | {tokenize['images_total']} | {tokenize['errors_total']} | {tokenize['images_per_s']} |",
         "", "## Training", "",
         f"- stage 1 loss: {fmt(first(s1, 'loss'))} -> {fmt(last(s1, 'loss'))}",
-        f"- stage 1 proxy-code accuracy: {fmt(first(s1, 'proxy_accuracy'))} -> {fmt(last(s1, 'proxy_accuracy'))} "
+        f"- stage 1 proxy-code accuracy: {fmt(first(s1, 'accuracy'))} -> {fmt(last(s1, 'accuracy'))} "
         f"(most-frequent-code baseline {baseline:.4f})",
-        f"- stage 2 reconstruction loss: {fmt(first(s2, 'recon_loss'))} -> {fmt(last(s2, 'recon_loss'))}",
+        f"- stage 2 reconstruction (L2) loss: {fmt(first(s2, 'l2_loss'))} -> {fmt(last(s2, 'l2_loss'))}; "
+        f"training PSNR {fmt(first(s2, 'psnr'), '.2f')} -> {fmt(last(s2, 'psnr'), '.2f')} dB",
         "", "## Reconstructions", "",
         f"- PSNR of the 8 reconstructions in `reconstructions.png`: {psnr:.2f} dB",
         f"- PSNR over every image (tokenize --verify-fraction 1): {tokenize['verify']['psnr_db']} dB; "

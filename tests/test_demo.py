@@ -1,0 +1,76 @@
+"""The demo's code path at a tiny scale: every job runs, the report and pictures hold real numbers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from jobs.demo import main as demo_main
+from pipelines.demo import DemoConfig, run_demo
+from titok_core import VQGAN_PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTokReleased
+from titok_core.checkpoints import ours_to_official
+from titok_core.presets import TiTokConfig
+
+
+def test_demo_end_to_end_writes_report_and_pictures(ray_local, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # offline, whatever the machine has
+    out = tmp_path / "demo"
+    report = run_demo(DemoConfig(output=out, photos=3, crops=4, stage1_steps=20, stage2_steps=4, workers=2))
+    text = report.read_text()
+    printed = capsys.readouterr().out
+    assert "small RANDOM teacher" in printed  # offline: says plainly what it used instead
+    assert "RANDOM MaskGIT-VQGAN (offline)" in text
+    assert str(report) in printed and "--help" in printed  # the last lines say where to look and what next
+    # real numbers, not placeholders
+    assert "n/a ->" not in text and "-> n/a" not in text
+    psnr = float(re.search(r"reconstructions.png`: ([0-9.]+) dB", text).group(1))
+    assert 0 < psnr < 100
+    loss0, loss1 = map(float, re.search(r"stage 1 loss: ([0-9.]+) -> ([0-9.]+)", text).groups())
+    assert loss1 < loss0
+    assert re.search(r"\| precompute_proxy \| 12 \| 0 \| [0-9.]+ \|", text)
+    assert re.search(r"(\d+) of 256 codebook entries used", text)
+    rec = Image.open(out / "reconstructions.png")
+    assert rec.size == (4 * 512, 2 * 256)  # 8 images: four input|reconstruction pairs a row
+    assert Image.open(out / "loss_curves.png").size[0] >= 600
+    for d in ("proxy", "tokens", "stage1/model", "stage2/model"):
+        assert (out / d).is_dir()
+
+
+def test_demo_with_the_users_folder(ray_local, tmp_path, monkeypatch):
+    """--images: a flat folder of the user's own pictures (here: 12 real ImageNet JPEGs)."""
+    from pipeline_fixtures import SAMPLE
+    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for p in sorted(SAMPLE.glob("*.JPEG"))[:12]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "demo"
+    run_demo(DemoConfig(output=out, images=folder, stage1_steps=10, stage2_steps=2, workers=2))
+    assert "| precompute_proxy | 12 | 0 |" in (out / "report.md").read_text()
+
+
+def test_demo_pretrained_reconstructs_with_a_given_tokenizer(tmp_path, capsys):
+    """demo-pretrained with a local file in the official format (a small stand-in for tokenizer_titok_l32.bin)."""
+    torch.manual_seed(0)
+    cfg = TiTokConfig(enc_width=512, enc_layers=1, enc_heads=8, dec_width=512, dec_layers=1, dec_heads=8,
+                      num_latent_tokens=32, pixel_vqgan=VQGAN_PRESETS["debug"])
+    model = TiTokReleased(cfg, pixel=ProxyPixelDecoder.from_teacher(MaskGITVQGAN(cfg.pixel_vqgan)))
+    path = tmp_path / "tokenizer_titok_l32.bin"
+    torch.save({ours_to_official(k, True): v for k, v in model.state_dict().items()}, path)
+    out = tmp_path / "pre"
+    assert demo_main(["--pretrained", "--tokenizer", str(path), "--output", str(out), "--photos", "2", "--crops", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"mean PSNR [0-9.]+ dB", printed)
+    assert Image.open(out / "reconstructions.png").size == (512, 512)  # 2 rows of input | reconstruction
+
+
+def test_demo_pretrained_offline_says_what_it_needs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert demo_main(["--pretrained", "--output", str(tmp_path / "pre")]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer_titok_l32.bin" in err and "TOKENIZER=" in err and len(err.strip().splitlines()) == 1
