@@ -107,6 +107,17 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
 
 
+def s3_with_shards(server, shards: str, prefix: str):
+    """An fsspec S3 filesystem on `server`, a fresh bucket, and the shards uploaded to <bucket>/<prefix>/."""
+    import fsspec
+    bucket = server.create_bucket()
+    fs = fsspec.filesystem("s3", key=server.access_key, secret=server.secret_key,
+                           client_kwargs={"endpoint_url": server.endpoint_url})
+    for p in sorted(Path(shards).glob("*.tar")):
+        fs.put_file(str(p), f"{bucket}/{prefix}/{p.name}")
+    return fs, bucket
+
+
 def committed_shards(out: Path) -> int:
     """How many shards a job has committed (success records) so far."""
     d = Path(out) / "_success"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from jobs.precompute_proxy import main
-from pipeline_fixtures import committed_shards
+from pipeline_fixtures import committed_shards, s3_with_shards
 from pipelines.views import View, apply_view
 from pipelines.encode_stage import prepare
 from titok_core import load_model
@@ -171,13 +171,8 @@ def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_s
 
 
 def test_input_and_output_on_s3(ray_local, s3_server, sample_shards, tiny_teacher, monkeypatch):
-    import fsspec
     shards, n = sample_shards
-    bucket = s3_server.create_bucket()
-    fs = fsspec.filesystem("s3", key=s3_server.access_key, secret=s3_server.secret_key,
-                           client_kwargs={"endpoint_url": s3_server.endpoint_url})
-    for p in sorted(Path(shards).glob("*.tar")):
-        fs.put_file(str(p), f"{bucket}/imagenet/{p.name}")
+    fs, bucket = s3_with_shards(s3_server, shards, "imagenet")
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     out = f"s3://{bucket}/proxy/train"

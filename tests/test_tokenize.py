@@ -20,7 +20,7 @@ from PIL import Image
 
 from jobs.precompute_proxy import main as precompute
 from jobs.tokenize_dataset import main
-from pipeline_fixtures import committed_shards
+from pipeline_fixtures import committed_shards, s3_with_shards
 from pipelines.images import decode_and_preprocess
 from pipelines.shards import collect_images
 from pipelines.views import View, apply_view
@@ -154,13 +154,8 @@ def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_s
 
 
 def test_s3_round_trip(ray_local, s3_server, sample_shards, tiny_tokenizer, monkeypatch):
-    import fsspec
     shards, n = sample_shards
-    bucket = s3_server.create_bucket()
-    fs = fsspec.filesystem("s3", key=s3_server.access_key, secret=s3_server.secret_key,
-                           client_kwargs={"endpoint_url": s3_server.endpoint_url})
-    for p in sorted(Path(shards).glob("*.tar")):
-        fs.put_file(str(p), f"{bucket}/in/{p.name}")
+    fs, bucket = s3_with_shards(s3_server, shards, "in")
     for f in Path(tiny_tokenizer).iterdir():
         fs.put_file(str(f), f"{bucket}/models/titok-debug/{f.name}")
     for k, v in s3_server.env.items():
