@@ -3,8 +3,8 @@
 Driver side (before any worker starts):
     inspect_dataset     list the files, read their footers: rows, the `titok` metadata (teacher,
                         codebook, crop size, views); raises one-line `DatasetError`s
-    build_dataset       Ray Data: read_parquet(only the needed columns) -> shuffled block order;
-                        Ray Train splits it across the workers (`get_dataset_shard`)
+    build_dataset       Ray Data: one read task per file (only the needed columns) -> shuffled block
+                        order; Ray Train splits it across the workers (`get_dataset_shard`)
 
 Worker side:
     iterate_batches     epochs of raw batches from the worker's shard (small datasets: read once,
@@ -20,6 +20,7 @@ order within an epoch are deterministic, so a resumed run sees the batches the l
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -28,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from . import schema
-from .storage import expand_inputs, get_fs, is_local
+from .storage import S3_PROTOCOLS, expand_inputs, get_fs, is_local, protocol_of
 
 
 class DatasetError(ValueError):
@@ -55,10 +57,6 @@ class DatasetInfo:
     bytes: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def num_views(self) -> int:
-        return len(self.metadata.get("view_specs", [])) or 1
-
     def to_dict(self) -> dict[str, Any]:
         return {"files": list(self.files), "rows": self.rows, "bytes": self.bytes, "metadata": self.metadata}
 
@@ -73,6 +71,10 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
     Raises:
         DatasetError: nothing there, no rows, files written by different runs, or not a proxy dataset.
     """
+    if not any(c in data for c in "*?[{") and not data.endswith(".txt"):
+        fs, path = get_fs(data, storage_options=storage_options)
+        if not fs.exists(path):
+            raise DatasetError(f"--data {data} does not exist; make the dataset with jobs/precompute_proxy.py")
     try:
         files = expand_inputs(data, storage_options, suffix=".parquet")
     except ValueError as e:
@@ -122,8 +124,8 @@ def check_layout(info: DatasetInfo, *, image_size: int, grid: int, proxy_codeboo
     ]
     for what, got, want, whose in checks:
         if got != want:
-            raise DatasetError(f"--data: the dataset's {what} is {got} but {whose} needs {want}; "
-                               "precompute the dataset with the matching teacher / --resolution, or pick the matching --preset")
+            raise DatasetError(f"--data: the dataset's {what} is {got} but {whose} needs {want}; precompute the "
+                               "dataset with the matching teacher / --resolution, or pick the matching --preset")
     teacher = m.get("teacher", {}).get("config")
     if teacher is not None and teacher != teacher_config:
         diff = sorted(k for k in set(teacher) | set(teacher_config) if teacher.get(k) != teacher_config.get(k))
@@ -132,29 +134,59 @@ def check_layout(info: DatasetInfo, *, image_size: int, grid: int, proxy_codeboo
 
 
 def pyarrow_filesystem(url: str, storage_options: dict | None = None):
-    """(pyarrow filesystem or None, path) for Ray's readers / Ray Train storage; None for local paths."""
+    """(pyarrow filesystem or None, path) for Ray Train's checkpoint storage; None for local paths.
+
+    Ray Train uses it in its controller and workers, processes of a cluster that may have been
+    started without the driver's storage environment. Static S3 keys from the driver's environment
+    are therefore written into the filesystem object; other credentials (instance roles, profiles)
+    are left to each node's own AWS chain, since pinned temporary credentials would expire.
+    """
     if is_local(url):
         return None, url
     from pyarrow.fs import FSSpecHandler, PyFileSystem
-    fs, path = get_fs(url, storage_options=storage_options)
+    options = dict(storage_options or {})
+    if protocol_of(url) in S3_PROTOCOLS and os.environ.get("AWS_ACCESS_KEY_ID"):
+        options.setdefault("key", os.environ["AWS_ACCESS_KEY_ID"])
+        options.setdefault("secret", os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            options.setdefault("token", os.environ["AWS_SESSION_TOKEN"])
+    fs, path = get_fs(url, storage_options=options)
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
 # Below this size the dataset is read once into the object store: every epoch of a small dataset
 # would otherwise pay Ray Data's read start-up again (about 0.9 s vs 0.16 s per epoch, 2 cores).
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
+# Rows per block a read task emits (~40 MB of PNG base images at 256 px).
+ROWS_PER_BLOCK = 256
 
 
-def build_dataset(info: DatasetInfo, seed: int, with_codes: bool, storage_options: dict | None = None):
-    """The Ray Dataset the trainer splits across workers: only the columns training reads."""
+def read_files(batch: dict[str, np.ndarray], columns: list[str], storage_options: dict | None = None,
+               rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[pa.Table]:
+    """Ray Data read stage: Parquet file URLs -> tables of `columns`, `rows_per_block` rows at a time."""
+    for url in batch["file"]:
+        fs, path = get_fs(str(url), storage_options=storage_options)
+        with fs.open(path, "rb") as f:
+            for record_batch in pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, columns=columns):
+                yield pa.Table.from_batches([record_batch])
+
+
+def build_dataset(info: DatasetInfo, seed: int, with_codes: bool, storage_options: dict | None = None,
+                  env: dict[str, str] | None = None):
+    """The Ray Dataset the trainer splits across workers: only the columns training reads.
+
+    The read is our own task per file (not `read_parquet`): its runtime env carries `env` (storage
+    credentials, endpoint), also on a cluster started without them, and file order is kept.
+    """
     import ray
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer logs its own progress
     columns = [schema.KEY, schema.IMAGE, schema.HEIGHT, schema.WIDTH, schema.VIEW_OFFSETS, schema.VIEW_FLIPS]
     if with_codes:
         columns.append(schema.PROXY_CODES)
-    filesystem, _ = pyarrow_filesystem(info.files[0], storage_options)
-    paths = list(info.files) if filesystem is None else [get_fs(u, storage_options=storage_options)[1] for u in info.files]
-    ds = ray.data.read_parquet(paths, filesystem=filesystem).select_columns(columns)
+    remote_args = {"runtime_env": {"env_vars": env}} if env else {}
+    ds = ray.data.from_items([{"file": u} for u in info.files], override_num_blocks=len(info.files))
+    ds = ds.map_batches(read_files, batch_size=1, fn_kwargs={"columns": columns, "storage_options": storage_options},
+                        **remote_args)
     if info.bytes < MATERIALIZE_BELOW_BYTES:
         ds = ds.materialize()
     # A shuffled block order (the same every epoch for a seed) plus each worker's local shuffle

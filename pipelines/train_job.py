@@ -76,8 +76,9 @@ class TrainJobConfig:
         if self.num_workers < 1 or self.grad_accum < 1:
             raise ConfigError("--num-workers and --grad-accum must be >= 1")
         if r.batch_size % (self.num_workers * self.grad_accum):
+            n = self.num_workers * self.grad_accum
             raise ConfigError(f"--batch-size {r.batch_size} is not divisible by --num-workers {self.num_workers} "
-                              f"x --grad-accum {self.grad_accum}; pick a multiple of {self.num_workers * self.grad_accum}")
+                              f"x --grad-accum {self.grad_accum}; pick a multiple of {n}")
         if r.stage == 2 and not self.init:
             raise ConfigError("--stage 2 fine-tunes a stage-1 model: pass --init <stage-1 output>/model")
         if self.dataset.rows < r.batch_size // self.grad_accum:
@@ -235,7 +236,6 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
         return 0
     write_json_atomic(join_url(cfg.output, CONFIG_FILE), cfg.to_dict(), cfg.storage_options)
 
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -245,7 +245,8 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
 
     init_ray(ray_address)
     r = cfg.recipe
-    dataset = build_dataset(cfg.dataset, r.seed, with_codes=r.stage == 1, storage_options=cfg.storage_options)
+    env = forwarded_env()
+    dataset = build_dataset(cfg.dataset, r.seed, with_codes=r.stage == 1, storage_options=cfg.storage_options, env=env)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # deterministic split and order: a resumed run reads what the lost one would have
     resources = {"CPU": cfg.cpus_per_worker}
@@ -263,7 +264,7 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
             name=CHECKPOINTS, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=r.keep_checkpoints),
-            worker_runtime_env={"env_vars": forwarded_env()},
+            worker_runtime_env={"env_vars": env},
         ),
         datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ingest),

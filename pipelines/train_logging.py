@@ -21,8 +21,8 @@ import io
 import json
 import logging
 import os
+import posixpath
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ class RunFiles:
         self.remote = not is_local(output)
         if self.remote:
             digest = hashlib.sha256(output.encode()).hexdigest()[:16]
-            self.root = Path(os.path.expanduser(os.environ.get("TITOK_CACHE") or "~/.cache/titok-ray")) / "runs" / digest
+            cache = os.path.expanduser(os.environ.get("TITOK_CACHE") or "~/.cache/titok-ray")
+            self.root = Path(cache) / "runs" / digest
         else:
             self.root = Path(local_path(output))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -64,17 +65,20 @@ class RunFiles:
         return self.root / rel
 
     def download(self, rel: str) -> None:
-        """Fetch `rel` from a remote output into staging (a resumed run appends to it)."""
+        """Fetch the file or directory `rel` from a remote output into staging (a resumed run appends)."""
         if not self.remote:
             return
         fs, path = get_fs(join_url(self.output, rel), storage_options=self.storage_options)
-        if fs.exists(path):
-            target = self.path(rel)
+        fs.invalidate_cache()
+        for remote in fs.find(path) if fs.isdir(path) else ([path] if fs.exists(path) else []):
+            target = self.path(rel) / posixpath.relpath(remote, path) if remote != path else self.path(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(path, str(target), recursive=fs.isdir(path))
+            fs.get_file(remote, str(target))
 
     def publish(self, *rels: str) -> None:
-        """Upload files or directories from staging to the remote output (no-op for local outputs)."""
+        """Upload files or directories from staging to the remote output (no-op for local outputs).
+
+        File by file: fsspec's recursive `put` nests a directory inside an existing one."""
         if not self.remote:
             return
         for rel in rels:
@@ -82,7 +86,10 @@ class RunFiles:
             if not src.exists():
                 continue
             fs, path = get_fs(join_url(self.output, rel), storage_options=self.storage_options)
-            fs.put(str(src), path, recursive=src.is_dir())
+            for f in sorted(src.rglob("*")) if src.is_dir() else [src]:
+                if f.is_file():
+                    dest = path if f == src else posixpath.join(path, f.relative_to(src).as_posix())
+                    fs.put_file(str(f), dest)
 
 
 class MetricsLogger:
@@ -103,9 +110,11 @@ class MetricsLogger:
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(files.path(TENSORBOARD_DIR)), purge_step=resume_step + 1 if resume_step else None)
+            purge = resume_step + 1 if resume_step else None  # drop events of steps that will be redone
+            self.tb = SummaryWriter(str(files.path(TENSORBOARD_DIR)), purge_step=purge)
         except ImportError:  # tensorboard not installed: the other sinks still work
-            log.warning("tensorboard is not installed; metrics go to stdout, %s and %s only", METRICS_JSONL, METRICS_CSV)
+            log.warning("tensorboard is not installed; metrics go to stdout, %s and %s only",
+                        METRICS_JSONL, METRICS_CSV)
 
     def _truncate(self, resume_step: int) -> None:
         jsonl = self.files.path(METRICS_JSONL)
@@ -131,7 +140,8 @@ class MetricsLogger:
                     self.tb.add_scalar(f"train/{k}", v, step)
             self.tb.flush()
         shown = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "epoch")
-        print(f"step {step}/{max_steps} | {shown}", file=sys.stdout, flush=True)
+        # logging, not print: Ray Train V2 tees a worker's print to stdout and to its logger (twice)
+        log.info("step %d/%d | %s", step, max_steps, shown)
 
     def image(self, step: int, grid: np.ndarray) -> None:
         if self.tb is not None:

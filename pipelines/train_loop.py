@@ -52,11 +52,20 @@ log = logging.getLogger("titok.train")
 
 @dataclass
 class Progress:
-    """Where training is: optimizer steps done, and the data position (epoch, micro-batches read)."""
+    """Where training is: optimizer steps done, and the data position (epoch, micro-batches each
+    worker read in it, and how many rows such a micro-batch had over all workers)."""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    rows_per_batch: int = 0
+
+    def rescaled(self, rows_per_batch: int) -> "Progress":
+        """The same position for another worker count / micro-batch (resume on a resized cluster)."""
+        if not self.rows_per_batch or self.rows_per_batch == rows_per_batch:
+            return dataclasses.replace(self, rows_per_batch=rows_per_batch)
+        return dataclasses.replace(self, batch=self.batch * self.rows_per_batch // rows_per_batch,
+                                   rows_per_batch=rows_per_batch)
 
 
 def make_task(job: TrainJobConfig, device: torch.device) -> Stage1Task | Stage2Task:
@@ -150,17 +159,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     task = make_task(job, device)
     restored = load_checkpoint(task, rank, device)
-    progress = restored or Progress()
+    progress = (restored or Progress()).rescaled(job.micro_batch * world)
     if restored is not None and rank == 0:
-        print(f"resumed from checkpoint at step {progress.step} (epoch {progress.epoch}, batch {progress.batch})",
-              flush=True)
+        log.info("resumed from checkpoint at step %d (epoch %d, batch %d)",
+                 progress.step, progress.epoch, progress.batch)
     files = RunFiles(job.output, job.storage_options) if rank == 0 else None
     logger = MetricsLogger(files, task.metrics, progress.step) if files is not None else None
     if files is not None:
         files.download(ATTEMPTS)
+        attempt = {"time": round(time.time(), 3), "resumed_from_step": progress.step if restored else None,
+                   "workers": world, "max_steps": recipe.max_steps}
         with open(files.path(ATTEMPTS), "a") as f:  # one line per (re)start of the worker group
-            f.write(json.dumps({"time": round(time.time(), 3), "resumed_from_step": progress.step if restored is not None else None,
-                                "workers": world, "max_steps": recipe.max_steps}) + "\n")
+            f.write(json.dumps(attempt) + "\n")
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0") or 0)
 
     if progress.step < recipe.max_steps:
@@ -220,11 +230,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def export(task, job: TrainJobConfig, progress: Progress, files: RunFiles) -> None:
     """The (EMA) model in titok_core's format, with what produced it, at <output>/model."""
     recipe = job.recipe
-    training = {"stage": recipe.stage, "recipe": recipe.name, "step": progress.step, "ema": recipe.ema_decay is not None,
-                "data": job.data, "init": job.init,
+    training = {"stage": recipe.stage, "recipe": recipe.name, "step": progress.step,
+                "ema": recipe.ema_decay is not None, "data": job.data, "init": job.init,
                 "teacher_sha256": job.dataset.metadata.get("teacher", {}).get("weights_sha256")}
     staging = files.path(MODEL_DIR + ".tmp")
     save_pretrained(task.export_model(), staging, extra={"training": training})
     replace_dir(staging, files.path(MODEL_DIR))
     files.publish(MODEL_DIR)
-    print(f"exported {recipe.name} at step {progress.step} to {files.output.rstrip('/')}/{MODEL_DIR}", flush=True)
+    log.info("exported %s at step %d to %s/%s", recipe.name, progress.step, files.output.rstrip("/"), MODEL_DIR)

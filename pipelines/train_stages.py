@@ -165,7 +165,7 @@ class Stage1Task:
                "lr", "grad_norm", "images_per_s"]
     with_codes = True
 
-    def __init__(self, recipe: Recipe, device: torch.device, teacher_uri: str, init: str | None = None):
+    def __init__(self, recipe: Recipe, device: torch.device, teacher_uri: str):
         self.recipe, self.device, self.teacher_uri = recipe, device, teacher_uri
         cfg = PRESETS[recipe.model]
         torch.manual_seed(recipe.seed)  # identical init on every worker (DDP also broadcasts rank 0's)
@@ -229,11 +229,6 @@ class Stage1Task:
 # Stage 2
 
 
-def frozen_parts(model: TiTokReleased) -> dict[str, Tensor]:
-    """What stage 2 must not change: the encoder (with the latent tokens) and the quantizer."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("titok.encoder.", "titok.quantize."))}
-
-
 class Stage2Task:
     """Decoder fine-tuning on pixels with a GAN; the encoder side stays bit-equal to the stage-1 model."""
 
@@ -242,7 +237,8 @@ class Stage2Task:
     with_codes = False
 
     def __init__(self, recipe: Recipe, device: torch.device, teacher_uri: str, init: str | None = None,
-                 lpips_weights: str | None = None, convnext_weights: str | None = None, pretrained_backbones: bool = True):
+                 lpips_weights: str | None = None, convnext_weights: str | None = None,
+                 pretrained_backbones: bool = True):
         assert recipe.gan is not None and init is not None
         self.recipe, self.gan, self.device = recipe, recipe.gan, device
         start = load_model(fetch_to_cache(init, what="stage-1 checkpoint", option="--init"))

@@ -255,8 +255,8 @@ class ConvNeXtFeatureLoss(nn.Module):
             sd = _read_state_dict(weights)
             missing, unexpected = self.net.load_state_dict(sd, strict=False)
             if missing or unexpected:
-                raise MissingWeightsError(
-                    f"{weights} does not fit timm convnext_small ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+                raise MissingWeightsError(f"{weights} does not fit timm convnext_small "
+                                          f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
         elif pretrained:
             raise MissingWeightsError(
                 "the ConvNeXt-S perceptual loss needs local timm convnext_small weights "
