@@ -238,8 +238,13 @@ def generator_ours_to_official(model_or_sd: nn.Module | dict[str, Tensor]) -> di
     out = {}
     for k, v in sd.items():
         if m := re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
-            for name, part in zip(("query", "key", "value"), v.chunk(3)):
-                out[f"model.encoder.layer.{m.group(1)}.attention.self.{name}.{m.group(2)}"] = part
+            # Official order: query.weight, query.bias, key.weight, ...
+            params = [p for p in ("weight", "bias") if f"blocks.{m.group(1)}.attn.qkv.{p}" in sd]
+            if m.group(2) == params[0]:
+                parts = {p: sd[f"blocks.{m.group(1)}.attn.qkv.{p}"].chunk(3) for p in params}
+                for i, name in enumerate(("query", "key", "value")):
+                    for p in params:
+                        out[f"model.encoder.layer.{m.group(1)}.attention.self.{name}.{p}"] = parts[p][i]
             continue
         for pat, rep in _BERT_INVERSE:
             if re.match(pat, k):

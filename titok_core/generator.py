@@ -266,11 +266,11 @@ class UViTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_dim: int, skip: bool = False):
         super().__init__()
-        self.skip_linear = nn.Linear(2 * width, width) if skip else None
         self.norm1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads, qkv_bias=False)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = Mlp(width, mlp_dim, act_layer=nn.GELU)
+        self.skip_linear = nn.Linear(2 * width, width) if skip else None  # registered last: official key order
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         if self.skip_linear is not None:
