@@ -271,7 +271,7 @@ def infer_generator_config(sd: dict[str, Tensor]) -> BertGeneratorConfig | UViTG
         else:
             vocab, width = sd["embeddings.weight"].shape
             n = sd["pos_embed"].shape[1] - 1
-            depth = 2 * _count(sd, r"^in_blocks\.(\d+)\.")
+            depth = 2 * _count(sd, r"^in_blocks\.(\d+)\.") or 1  # no in-blocks: a mid-block only, i.e. depth 1
             mlp = sd["mid_block.mlp.fc1.weight"].shape[0]
             k = sd["lm_head.weight"].shape[0]
     except KeyError as e:
