@@ -207,8 +207,8 @@ def run_generator(d: Path, cfg: dict, meta: dict, wanted_inter: set[str]) -> tup
         out["logits_all_masked_cond"] = model(torch.full_like(ids, mask_id), condition, cond_drop_prob=0.0)
     torch.manual_seed(seed + int(meta.get("generate_manual_seed", 100)))
     for name, kwargs in meta.get("generate_variants", {}).items():
-        sc = SamplingConfig(num_sample_steps=meta["num_sample_steps"],
-                            randomize_temperature=meta.get("randomize_temperature", 0.0), **kwargs)
+        sc = SamplingConfig(**{"num_sample_steps": meta["num_sample_steps"],
+                               "randomize_temperature": meta.get("randomize_temperature", 0.0), **kwargs})
         out[f"generate/{name}/ids"], out[f"generate/{name}/step_inputs"] = generate(
             model, condition, sc, return_step_inputs=True)
     if (d / RNG_FILE).exists():
@@ -220,7 +220,8 @@ def run_generator(d: Path, cfg: dict, meta: dict, wanted_inter: set[str]) -> tup
         mask_seed = int(file_meta.get("masking_seed", seed + rng.get("masking_manual_seed", 300)))
         if any(k.startswith("generate") for k in keys):
             torch.manual_seed(gen_seed)
-            sampled = generate(model, condition, SamplingConfig(**rng["generate_kwargs"]))
+            sampled = generate(model, condition,
+                               SamplingConfig(**{"num_sample_steps": meta["num_sample_steps"], **rng["generate_kwargs"]}))
             out.update({f"torch_rng/{k}": sampled for k in keys if k.startswith("generate")})
         torch.manual_seed(mask_seed)
         masked, masks = mask_tokens(inputs["tokens_for_masking"], mask_id)
