@@ -21,9 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .generator import (
-    BertGenerator, BertGeneratorConfig, GeneratorConfig, UViTGenerator, UViTGeneratorConfig, build_generator,
-)
+from .generator import BertGenerator, BertGeneratorConfig, UViTGenerator, UViTGeneratorConfig, build_generator
 from .presets import VIT_SIZES, TiTokConfig, VQGANConfig
 from .titok import TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN
