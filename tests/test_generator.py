@@ -262,6 +262,9 @@ def test_generate_is_reproducible_under_a_seed_and_returns_token_ids():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (4, 32) and a.dtype == torch.int64
     assert 0 <= int(a.min()) and int(a.max()) < 256  # never [MASK] or a class id
+    # ordinary tensors: they can feed modules that track gradients (a tokenizer's decoder, say)
+    assert not a.is_inference()
+    torch.nn.Embedding(256, 4)(a).sum().backward()
     torch.manual_seed(5)
     d = generate(model, labels, sc)
     torch.manual_seed(5)

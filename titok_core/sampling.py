@@ -90,7 +90,6 @@ def _power_cosine_scale(step: int, num_steps: int, guidance_scale: float, power:
     return float((guidance_scale - 1) * scale_step + 1)
 
 
-@torch.inference_mode()
 def generate(
     model: MaskedTokenGenerator,
     condition: Tensor,
@@ -120,9 +119,13 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, condition.long(), config, generator, return_step_inputs)
+        with torch.inference_mode():
+            out = _generate(model, condition.long(), config, generator, return_step_inputs)
     finally:
         model.train(was_training)
+    # Inference tensors cannot enter autograd (e.g. a decoder with trainable weights): hand back
+    # ordinary ones (a copy of B x N ids).
+    return tuple(t.clone() for t in out) if return_step_inputs else out.clone()
 
 
 def _generate(model: MaskedTokenGenerator, condition: Tensor, sc: SamplingConfig,
