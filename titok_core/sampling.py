@@ -114,8 +114,12 @@ def generate(
     cfg = model.config
     if condition.dim() != 1 or condition.dtype.is_floating_point:
         raise ValueError(f"condition must be (B,) integer class labels, got {condition.dtype} {tuple(condition.shape)}")
-    if condition.numel() and (int(condition.min()) < 0 or int(condition.max()) >= cfg.num_classes):
-        raise ValueError(f"class labels must be in [0, {cfg.num_classes}); got {condition.min()}..{condition.max()}")
+    if condition.numel() == 0:  # e.g. the empty tail of a sharded label list
+        ids = torch.empty(0, cfg.num_latent_tokens, dtype=torch.long, device=condition.device)
+        return (ids, ids.new_empty(config.num_sample_steps, 0, cfg.num_latent_tokens)) if return_step_inputs else ids
+    lo, hi = int(condition.min()), int(condition.max())
+    if lo < 0 or hi >= cfg.num_classes:
+        raise ValueError(f"class labels must be in [0, {cfg.num_classes}); got labels from {lo} to {hi}")
     was_training = model.training
     model.eval()
     try:
