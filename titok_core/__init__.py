@@ -1,13 +1,23 @@
-"""Torch-only TiTok library: MaskGIT-VQGAN teacher, TiTok tokenizer, quantizers, checkpoints."""
+"""Torch-only TiTok library: MaskGIT-VQGAN teacher, TiTok tokenizer, quantizers, masked-token
+generators and their sampler, checkpoints."""
 
-from .checkpoints import OFFICIAL_URLS, load_model, load_pretrained, save_pretrained
+from .checkpoints import GENERATOR_URLS, OFFICIAL_URLS, load_model, load_pretrained, save_pretrained
+from .generator import (
+    GENERATOR_PRESETS, BertGenerator, BertGeneratorConfig, GeneratorConfig, UViTGenerator, UViTGeneratorConfig,
+    build_generator, get_generator_preset,
+)
+from .masking import mask_tokens, masked_token_loss
 from .presets import PRESETS, VQGAN_PRESETS, TiTokConfig, VQGANConfig, get_preset
 from .quantizer import QuantizerOutput, VectorQuantizer
+from .sampling import SAMPLING_PRESETS, SamplingConfig, generate, get_sampling_preset
 from .titok import ProxyPixelDecoder, TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN
 
 __all__ = [
-    "OFFICIAL_URLS", "PRESETS", "VQGAN_PRESETS", "MaskGITVQGAN", "ProxyPixelDecoder", "QuantizerOutput",
-    "TiTok", "TiTokConfig", "TiTokReleased", "VQGANConfig", "VectorQuantizer", "get_preset",
-    "load_model", "load_pretrained", "save_pretrained",
+    "GENERATOR_PRESETS", "GENERATOR_URLS", "OFFICIAL_URLS", "PRESETS", "SAMPLING_PRESETS", "VQGAN_PRESETS",
+    "BertGenerator", "BertGeneratorConfig", "GeneratorConfig", "MaskGITVQGAN", "ProxyPixelDecoder",
+    "QuantizerOutput", "SamplingConfig", "TiTok", "TiTokConfig", "TiTokReleased", "UViTGenerator",
+    "UViTGeneratorConfig", "VQGANConfig", "VectorQuantizer", "build_generator", "generate",
+    "get_generator_preset", "get_preset", "get_sampling_preset", "load_model", "load_pretrained",
+    "mask_tokens", "masked_token_loss", "save_pretrained",
 ]

@@ -21,11 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .generator import BertGenerator, BertGeneratorConfig, UViTGenerator, UViTGeneratorConfig, build_generator
 from .presets import VIT_SIZES, TiTokConfig, VQGANConfig
 from .titok import TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN
 
-AnyModel = Union[MaskGITVQGAN, TiTok, TiTokReleased]
+AnyModel = Union[MaskGITVQGAN, TiTok, TiTokReleased, BertGenerator, UViTGenerator]
 
 HF_BASE = "https://huggingface.co/fun-research/TiTok/resolve/main"
 OFFICIAL_URLS: dict[str, str] = {
@@ -36,7 +37,8 @@ OFFICIAL_URLS: dict[str, str] = {
 }
 
 FORMAT_VERSION = 1
-_KINDS = {"maskgit_vqgan": MaskGITVQGAN, "titok": TiTok, "titok_released": TiTokReleased}
+_KINDS = {"maskgit_vqgan": MaskGITVQGAN, "titok": TiTok, "titok_released": TiTokReleased,
+          "bert_generator": BertGenerator, "uvit_generator": UViTGenerator}
 
 
 class CheckpointMismatchError(ValueError):
@@ -156,26 +158,172 @@ def infer_titok_config(sd: dict[str, Tensor]) -> TiTokConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Generators: official names <-> ours, and their sizes from shapes. The U-ViT's names are already
+# the official ones. The BERT-style generator's are Hugging Face BertModel's under `model.`, with
+# separate query / key / value projections that our blocks hold as one fused qkv (rows q, k, v).
+GENERATOR_URLS: dict[str, str] = {
+    "L-32": f"{HF_BASE}/generator_titok_l32.bin",
+    "B-64": f"{HF_BASE}/generator_titok_b64.bin",
+    "S-128": f"{HF_BASE}/generator_titok_s128.bin",
+}
+_BERT_LAYER = r"model\.encoder\.layer\.(\d+)\."
+_BERT_RULES = [  # (official regex, ours); applied one way, inverted by _BERT_INVERSE
+    (r"^model\.embeddings\.word_embeddings\.", r"word_embed."),
+    (r"^model\.embeddings\.position_embeddings\.", r"pos_embed."),
+    (r"^model\.embeddings\.token_type_embeddings\.", r"type_embed."),
+    (r"^model\.embeddings\.LayerNorm\.", r"embed_norm."),
+    (rf"^{_BERT_LAYER}attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (rf"^{_BERT_LAYER}attention\.output\.LayerNorm\.", r"blocks.\1.norm1."),
+    (rf"^{_BERT_LAYER}intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (rf"^{_BERT_LAYER}output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (rf"^{_BERT_LAYER}output\.LayerNorm\.", r"blocks.\1.norm2."),
+    (r"^model\.lm_head\.", r"lm_head."),
+]
+_BERT_INVERSE = [
+    (r"^word_embed\.", "model.embeddings.word_embeddings."),
+    (r"^pos_embed\.", "model.embeddings.position_embeddings."),
+    (r"^type_embed\.", "model.embeddings.token_type_embeddings."),
+    (r"^embed_norm\.", "model.embeddings.LayerNorm."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"model.encoder.layer.\1.attention.output.dense."),
+    (r"^blocks\.(\d+)\.norm1\.", r"model.encoder.layer.\1.attention.output.LayerNorm."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"model.encoder.layer.\1.intermediate.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"model.encoder.layer.\1.output.dense."),
+    (r"^blocks\.(\d+)\.norm2\.", r"model.encoder.layer.\1.output.LayerNorm."),
+    (r"^lm_head\.", "model.lm_head."),
+]
+_BERT_QKV = re.compile(rf"^{_BERT_LAYER}attention\.self\.(query|key|value)\.(weight|bias)$")
+# Written by older transformers versions as a persistent buffer: arange(N + 1), nothing learned.
+_BERT_STALE_BUFFER = "model.embeddings.position_ids"
+
+
+def is_official_generator(sd: dict[str, Tensor]) -> bool:
+    return "model.embeddings.word_embeddings.weight" in sd or {"pos_embed", "embeddings.weight"} <= set(sd)
+
+
+def generator_official_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official generator state dict -> ours (BERT: renamed, q/k/v fused; U-ViT: unchanged).
+
+    A q/k/v triple with a part missing stays under its official names, so a strict load names it.
+    """
+    if "model.embeddings.word_embeddings.weight" not in sd:
+        return dict(sd)
+    out, qkv = {}, {}
+    for k, v in sd.items():
+        if k == _BERT_STALE_BUFFER:
+            continue
+        if m := _BERT_QKV.match(k):
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = (k, v)
+            continue
+        for pat, rep in _BERT_RULES:
+            if re.match(pat, k):
+                k = re.sub(pat, rep, k)
+                break
+        out[k] = v
+    for (layer, param), parts in qkv.items():
+        if set(parts) == {"query", "key", "value"}:
+            out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat([parts[p][1] for p in ("query", "key", "value")])
+        else:
+            out.update(dict(parts.values()))
+    return out
+
+
+def generator_ours_to_official(model_or_sd: nn.Module | dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of `generator_official_to_ours`: the state dict under the official names (in the
+    official order for the BERT-style generator), e.g. to write an official-format `.bin`."""
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
+    if "word_embed.weight" not in sd:
+        return dict(sd)
+    out = {}
+    for k, v in sd.items():
+        if m := re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", k):
+            # Official order: query.weight, query.bias, key.weight, ...
+            params = [p for p in ("weight", "bias") if f"blocks.{m.group(1)}.attn.qkv.{p}" in sd]
+            if m.group(2) == params[0]:
+                parts = {p: sd[f"blocks.{m.group(1)}.attn.qkv.{p}"].chunk(3) for p in params}
+                for i, name in enumerate(("query", "key", "value")):
+                    for p in params:
+                        out[f"model.encoder.layer.{m.group(1)}.attention.self.{name}.{p}"] = parts[p][i]
+            continue
+        for pat, rep in _BERT_INVERSE:
+            if re.match(pat, k):
+                k = re.sub(pat, rep, k)
+                break
+        out[k] = v
+    return out
+
+
+# Shapes do not tell the head count; every official generator config uses 16 heads.
+_GENERATOR_HEADS_BY_WIDTH = {768: 16, 1024: 16}
+
+
+def infer_generator_config(sd: dict[str, Tensor]) -> BertGeneratorConfig | UViTGeneratorConfig:
+    """Generator sizes from an official state dict (dropout rates: the official 0.1)."""
+    bert = "model.embeddings.word_embeddings.weight" in sd
+    try:
+        if bert:
+            vocab, width = sd["model.embeddings.word_embeddings.weight"].shape
+            n = sd["model.embeddings.position_embeddings.weight"].shape[0] - 1
+            depth = _count(sd, r"^model\.encoder\.layer\.(\d+)\.")
+            mlp = sd["model.encoder.layer.0.intermediate.dense.weight"].shape[0]
+            k = sd["model.lm_head.weight"].shape[0]
+        else:
+            vocab, width = sd["embeddings.weight"].shape
+            n = sd["pos_embed"].shape[1] - 1
+            depth = 2 * _count(sd, r"^in_blocks\.(\d+)\.") or 1  # no in-blocks: a mid-block only, i.e. depth 1
+            mlp = sd["mid_block.mlp.fc1.weight"].shape[0]
+            k = sd["lm_head.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointMismatchError(f"not an official generator state dict: missing {e.args[0]!r}") from None
+    if width not in _GENERATOR_HEADS_BY_WIDTH:
+        raise CheckpointMismatchError(
+            f"generator width {width} is not an official size (the head count is unknown); "
+            "save it in our format with its config")
+    cls = BertGeneratorConfig if bert else UViTGeneratorConfig
+    try:
+        return cls(codebook_size=k, num_latent_tokens=n, num_classes=vocab - k - 2, width=width, depth=depth,
+                   num_heads=_GENERATOR_HEADS_BY_WIDTH[width], mlp_dim=mlp)
+    except ValueError as e:
+        raise CheckpointMismatchError(f"inconsistent generator state dict: {e}") from None
+
+
+def _generator_from_official(sd: dict[str, Tensor], source: str) -> BertGenerator | UViTGenerator:
+    sd = {k: v for k, v in sd.items() if k != _BERT_STALE_BUFFER}
+    model = _empty(build_generator, infer_generator_config(sd))
+    # Check under the official names (those in the user's file), then load ours.
+    expected = generator_ours_to_official(model)
+    check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, sd, type(model).__name__, source)
+    load_state_dict_strict(model, generator_official_to_ours(sd), source)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
 # Loading.
-def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Load or raise one CheckpointMismatchError naming missing / unexpected / mis-shaped keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+def check_state_dict(expected: dict[str, tuple[int, ...]], sd: dict[str, Tensor], what: str, source: str) -> None:
+    """Raise one CheckpointMismatchError naming missing / unexpected / mis-shaped keys, if any."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v)}" for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v)]
     if missing or unexpected or shapes:
         def few(xs: list[str]) -> str:
             return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
         parts = [f"{name} {len(xs)}: {few(xs)}" for name, xs in
                  (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if xs]
-        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+        raise CheckpointMismatchError(f"{source} does not fit {what}: " + "; ".join(parts))
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load or raise one CheckpointMismatchError naming missing / unexpected / mis-shaped keys."""
+    own = model.state_dict()
+    check_state_dict({k: tuple(v.shape) for k, v in own.items()}, sd, type(model).__name__, source)
     # A model built on the meta device takes the checkpoint's tensors as they are (no copy).
     on_meta = any(t.is_meta for t in own.values())
     model.load_state_dict(sd, strict=True, assign=on_meta)
 
 
 def _empty(cls, cfg):
-    """Build without allocating or initialising weights (a checkpoint fills them): seconds saved at L-32."""
+    """Build without allocating or initialising weights (a checkpoint fills them): seconds saved at L-32.
+
+    `cls` is a model class or a factory such as `build_generator`."""
     with torch.device("meta"):
         return cls(cfg)
 
@@ -203,7 +351,10 @@ def read_official(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint") -> AnyModel:
-    """Build and load the model an official state dict describes (teacher, stage-1 or released TiTok)."""
+    """Build and load the model an official state dict describes (teacher, stage-1 or released TiTok,
+    BERT-style or U-ViT generator)."""
+    if is_official_generator(sd):
+        return _generator_from_official(sd, source)
     if "latent_tokens" in sd:
         cfg = infer_titok_config(sd)
         released = any(k.startswith("pixel_decoder.") for k in sd)
@@ -212,7 +363,7 @@ def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint") -> An
     elif any(k.startswith("encoder.conv_in") for k in sd):
         model = _empty(MaskGITVQGAN, infer_vqgan_config(sd))
     else:
-        raise CheckpointMismatchError(f"{source}: neither a TiTok nor a MaskGIT-VQGAN state dict")
+        raise CheckpointMismatchError(f"{source}: neither a TiTok, a MaskGIT-VQGAN nor a generator state dict")
     load_state_dict_strict(model, sd, source)
     return model.eval()
 
@@ -241,7 +392,8 @@ def load_pretrained(directory: str | os.PathLike) -> AnyModel:
     kind = meta.get("kind")
     if kind not in _KINDS:
         raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
-    cfg_cls = VQGANConfig if kind == "maskgit_vqgan" else TiTokConfig
+    cfg_cls = {"maskgit_vqgan": VQGANConfig, "bert_generator": BertGeneratorConfig,
+               "uvit_generator": UViTGeneratorConfig}.get(kind, TiTokConfig)
     model = _empty(_KINDS[kind], cfg_cls.from_dict(meta["config"]))
     load_state_dict_strict(model, load_file(str(directory / "model.safetensors")), str(directory))
     return model.eval()

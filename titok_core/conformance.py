@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .checkpoints import load_state_dict_strict, official_to_ours
+from .checkpoints import generator_official_to_ours, load_state_dict_strict, official_to_ours
+from .generator import GeneratorConfig, build_generator
+from .masking import mask_tokens
 from .presets import TiTokConfig, VQGANConfig
+from .sampling import SamplingConfig, generate
 from .quantizer import VectorQuantizer
 from .titok import TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN, VQGANQuantizer
@@ -185,6 +189,47 @@ def run_vqgan_quantizer(d: Path, cfg: dict, meta: dict, wanted_inter: set[str]) 
                 "distances": q.distances(h)}, {}
 
 
+RNG_FILE = "expected_torch_rng.safetensors"  # optional: outputs under a seeded global torch generator
+
+
+def run_generator(d: Path, cfg: dict, meta: dict, wanted_inter: set[str]) -> tuple[Outputs, Outputs]:
+    """Logits, every deterministic sampling variant step by step, and (if the fixture has the
+    optional RNG file) seeded sampling and training-time masking; RNG outputs are named `torch_rng/<key>`."""
+    model = build_generator(GeneratorConfig.from_official(cfg)).eval()
+    load_state_dict_strict(model, generator_official_to_ours(load_file(str(d / "weights.safetensors"))), str(d))
+    inputs = load_file(str(d / "inputs.safetensors"))
+    ids, condition = inputs["input_ids"], inputs["condition"]
+    mask_id, seed = model.config.mask_token_id, int(meta.get("seed", 0))
+    out = {}
+    with torch.no_grad():
+        out["logits_cond"] = model(ids, condition, cond_drop_prob=0.0)
+        out["logits_uncond"] = model(ids, condition, cond_drop_prob=1.0)
+        out["logits_all_masked_cond"] = model(torch.full_like(ids, mask_id), condition, cond_drop_prob=0.0)
+    torch.manual_seed(seed + int(meta.get("generate_manual_seed", 100)))
+    for name, kwargs in meta.get("generate_variants", {}).items():
+        sc = SamplingConfig(**{"num_sample_steps": meta["num_sample_steps"],
+                               "randomize_temperature": meta.get("randomize_temperature", 0.0), **kwargs})
+        out[f"generate/{name}/ids"], out[f"generate/{name}/step_inputs"] = generate(
+            model, condition, sc, return_step_inputs=True)
+    if (d / RNG_FILE).exists():
+        with safe_open(str(d / RNG_FILE), "pt") as f:
+            keys, file_meta = list(f.keys()), f.metadata() or {}
+        rng = meta.get("torch_rng", {})
+        # The file's metadata holds the seeds used; fixture_meta.json holds offsets from `seed`.
+        gen_seed = int(file_meta.get("generate_seed", seed + rng.get("generate_manual_seed", 200)))
+        mask_seed = int(file_meta.get("masking_seed", seed + rng.get("masking_manual_seed", 300)))
+        if any(k.startswith("generate") for k in keys):
+            torch.manual_seed(gen_seed)
+            sampled = generate(model, condition,
+                               SamplingConfig(**{"num_sample_steps": meta["num_sample_steps"], **rng["generate_kwargs"]}))
+            out.update({f"torch_rng/{k}": sampled for k in keys if k.startswith("generate")})
+        torch.manual_seed(mask_seed)
+        masked, masks = mask_tokens(inputs["tokens_for_masking"], mask_id)
+        out["torch_rng/masking_input_tokens/masked_tokens"] = masked
+        out["torch_rng/masking_input_tokens/masks"] = masks
+    return out, {}
+
+
 def fixture_kind(cfg: dict) -> str:
     if "vqgan_conf" in cfg:
         return "maskgit_vqgan"
@@ -199,7 +244,7 @@ def fixture_kind(cfg: dict) -> str:
 
 RUNNERS: dict[str, Callable[..., tuple[Outputs, Outputs]]] = {
     "maskgit_vqgan": run_vqgan, "titok": run_titok,
-    "titok_quantizer": run_quantizer, "vqgan_quantizer": run_vqgan_quantizer,
+    "titok_quantizer": run_quantizer, "vqgan_quantizer": run_vqgan_quantizer, "generator": run_generator,
 }
 
 
@@ -209,11 +254,11 @@ def check_fixture(d: Path) -> tuple[list[Comparison], str | None]:
     meta_path = d / "fixture_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     kind = fixture_kind(cfg)
-    if kind == "generator":
-        return [], "generator fixtures are checked by the generator models (not part of titok_core yet)"
     if kind not in RUNNERS:
         return [Comparison(d.name, "config.json", False, None, "unrecognised fixture kind")], None
     expected = load_file(str(d / "expected.safetensors"))
+    if (d / RNG_FILE).exists():
+        expected.update({f"torch_rng/{k}": v for k, v in load_file(str(d / RNG_FILE)).items()})
     inter_path = d / "intermediates.safetensors"
     expected_inter = load_file(str(inter_path)) if inter_path.exists() else {}
     torch.manual_seed(0)
