@@ -1,10 +1,28 @@
-"""Torch-only TiTok library: MaskGIT-VQGAN teacher, TiTok tokenizer, quantizers, masked-token
-generators and their sampler, checkpoints."""
+"""Torch-only TiTok library: the models, their losses and metrics, and their checkpoints.
+
+    presets / vqgan / titok / quantizer   MaskGIT-VQGAN teacher, TiTok tokenizer (stage-1 and released
+                                          forms), quantizers, the named sizes
+    generator / sampling / masking        class-conditional masked-token generators, their sampler,
+                                          training masking and loss
+    losses / metrics / discriminator / ema  training losses, image and token metrics, the stage-2 GAN
+    checkpoints / conformance             official .bin files and our safetensors format; the
+                                          numerical check against the official implementation
+
+May import: torch, torchvision, timm, einops, lpips, safetensors, numpy and the standard library.
+Never ray, pyarrow, fsspec, `pipelines` or `jobs`, and never downloads: weights come in by local
+path (fetching URLs is `pipelines.storage`'s job). Checked by import-linter (tests/test_architecture.py).
+"""
 
 from .checkpoints import GENERATOR_URLS, OFFICIAL_URLS, load_model, load_pretrained, save_pretrained
 from .generator import (
-    GENERATOR_PRESETS, BertGenerator, BertGeneratorConfig, GeneratorConfig, UViTGenerator, UViTGeneratorConfig,
-    build_generator, get_generator_preset,
+    GENERATOR_PRESETS,
+    BertGenerator,
+    BertGeneratorConfig,
+    GeneratorConfig,
+    UViTGenerator,
+    UViTGeneratorConfig,
+    build_generator,
+    get_generator_preset,
 )
 from .masking import mask_tokens, masked_token_loss
 from .presets import PRESETS, VQGAN_PRESETS, TiTokConfig, VQGANConfig, get_preset

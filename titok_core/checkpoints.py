@@ -46,56 +46,60 @@ class CheckpointMismatchError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Official names <-> ours. Each rule is (official regex, ours regex) and applies in both directions.
-_BLOCK_RULES = [
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.ln_1\.", r"\1.blocks.\2.norm1."),
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.ln_2\.", r"\1.blocks.\2.norm2."),
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.attn\.in_proj_(weight|bias)$", r"\1.blocks.\2.attn.qkv.\3"),
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.attn\.out_proj\.", r"\1.blocks.\2.attn.proj."),
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.mlp\.c_fc\.", r"\1.blocks.\2.mlp.fc1."),
-    (r"^(encoder|decoder)\.transformer\.(\d+)\.mlp\.c_proj\.", r"\1.blocks.\2.mlp.fc2."),
-    (r"^decoder\.ffn\.", r"decoder.proxy_head."),
-    (r"^latent_tokens$", r"encoder.latent_tokens"),
+# Official names <-> ours: one table of (official, ours) name patterns, compiled in both directions.
+# `{part}`, `{i}`, `{wb}` stand for the values below; a pattern ending in "." renames a prefix,
+# any other pattern a whole key.
+_NAME_PARTS = {"part": "encoder|decoder", "i": r"\d+", "wb": "weight|bias"}
+_TITOK_NAMES = [
+    ("{part}.transformer.{i}.ln_1.", "{part}.blocks.{i}.norm1."),
+    ("{part}.transformer.{i}.ln_2.", "{part}.blocks.{i}.norm2."),
+    ("{part}.transformer.{i}.attn.in_proj_{wb}", "{part}.blocks.{i}.attn.qkv.{wb}"),
+    ("{part}.transformer.{i}.attn.out_proj.", "{part}.blocks.{i}.attn.proj."),
+    ("{part}.transformer.{i}.mlp.c_fc.", "{part}.blocks.{i}.mlp.fc1."),
+    ("{part}.transformer.{i}.mlp.c_proj.", "{part}.blocks.{i}.mlp.fc2."),
+    ("decoder.ffn.", "decoder.proxy_head."),
+    ("latent_tokens", "encoder.latent_tokens"),
 ]
-_RELEASED_RULES = [(r"^pixel_quantize\.", r"pixel.quantize."), (r"^pixel_decoder\.", r"pixel.decoder.")]
+# The released form's pixel decoder; every other key of it belongs to the TiTok inside (`titok.`).
+_RELEASED_NAMES = [("pixel_quantize.", "pixel.quantize."), ("pixel_decoder.", "pixel.decoder.")]
+
+
+def _compile(pattern: str) -> re.Pattern:
+    pieces = re.split(r"\{(\w+)\}", pattern)  # literal, name, literal, name, ...
+    body = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_NAME_PARTS[p]})" for i, p in enumerate(pieces))
+    return re.compile("^" + body + ("" if pattern.endswith(".") else "$"))
+
+
+def _rules(pairs: list[tuple[str, str]], to_ours: bool) -> list[tuple[re.Pattern, str]]:
+    return [(_compile(o if to_ours else u), u if to_ours else o) for o, u in pairs]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for rx, template in rules:
+        if m := rx.match(key):
+            return template.format(**m.groupdict()) + key[m.end():]
+    return None
+
+
+_TO_OURS, _TO_OFFICIAL = _rules(_TITOK_NAMES, True), _rules(_TITOK_NAMES, False)
+_RELEASED_TO_OURS, _RELEASED_TO_OFFICIAL = _rules(_RELEASED_NAMES, True), _rules(_RELEASED_NAMES, False)
 
 
 def official_to_ours(key: str, released: bool) -> str:
     """Official TiTok / MaskGIT-VQGAN parameter name -> ours (`released`: the stage-2 form)."""
-    if released:
-        for pat, rep in _RELEASED_RULES:
-            if re.match(pat, key):
-                return re.sub(pat, rep, key)
-    for pat, rep in _BLOCK_RULES:
-        if re.search(pat, key):
-            key = re.sub(pat, rep, key)
-            break
+    if released and (pixel := _rename(key, _RELEASED_TO_OURS)) is not None:
+        return pixel
+    key = _rename(key, _TO_OURS) or key
     return f"titok.{key}" if released else key
-
-
-_INVERSE_BLOCK_RULES = [
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.norm1\.", r"\1.transformer.\2.ln_1."),
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.norm2\.", r"\1.transformer.\2.ln_2."),
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"\1.transformer.\2.attn.in_proj_\3"),
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.attn\.proj\.", r"\1.transformer.\2.attn.out_proj."),
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.mlp\.fc1\.", r"\1.transformer.\2.mlp.c_fc."),
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.mlp\.fc2\.", r"\1.transformer.\2.mlp.c_proj."),
-    (r"^decoder\.proxy_head\.", r"decoder.ffn."),
-    (r"^encoder\.latent_tokens$", r"latent_tokens"),
-]
 
 
 def ours_to_official(key: str, released: bool) -> str:
     """Inverse of `official_to_ours`."""
     if released:
-        for pat, rep in [(r"^pixel\.quantize\.", "pixel_quantize."), (r"^pixel\.decoder\.", "pixel_decoder.")]:
-            if re.match(pat, key):
-                return re.sub(pat, rep, key)
+        if (pixel := _rename(key, _RELEASED_TO_OFFICIAL)) is not None:
+            return pixel
         key = key.removeprefix("titok.")
-    for pat, rep in _INVERSE_BLOCK_RULES:
-        if re.search(pat, key):
-            return re.sub(pat, rep, key)
-    return key
+    return _rename(key, _TO_OFFICIAL) or key
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ Numerically the official 1d-tokenizer `modeling/modules/losses.py` (Reconstructi
 and `perceptual_loss.py`; `adaptive_gan_weight` is taming-transformers' VQGAN rule, which the official
 TiTok recipe does not use (it weights the GAN term by a constant) and our recipes can switch on.
 
-Pretrained backbones never download inside a constructor unless asked: `PerceptualLoss` and
-`ConvNeXtFeatureLoss` take a local weights file, or look in torch's hub cache, and raise one
-`MissingWeightsError` line saying which file to give when they cannot be had.
+Pretrained backbones never download: `PerceptualLoss` and `ConvNeXtFeatureLoss` take a local
+weights file (or look in torch's hub cache) and raise one `MissingWeightsError` line saying which
+file to give when they cannot be had; fetching a URL is `pipelines.runtime.perceptual_loss`'s job.
 
 Legend: B batch, K proxy codebook (1024), g decoder grid side, C codebook size of the tokenizer.
 """
@@ -23,6 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .metrics import reduce
 
 # --------------------------------------------------------------------------------------------
 # Stage 1
@@ -47,24 +49,6 @@ def proxy_code_accuracy(logits: Tensor, codes: Tensor) -> Tensor:
     """Fraction of grid positions whose argmax logit is the teacher's code (scalar float)."""
     b = logits.shape[0]
     return (logits.argmax(1).reshape(b, -1) == codes.reshape(b, -1)).float().mean()
-
-
-def codebook_stats(counts: Tensor) -> tuple[float, float]:
-    """(usage, perplexity) of a histogram of token ids.
-
-    Args:
-        counts: (C,) how often each codebook entry was chosen.
-
-    Returns:
-        usage: fraction of the C entries chosen at least once.
-        perplexity: exp(entropy) of the empirical distribution, in [1, C] (C: uniform use).
-    """
-    counts = counts.double()
-    total = counts.sum()
-    if total <= 0:
-        return 0.0, 0.0
-    p = counts[counts > 0] / total
-    return float((counts > 0).double().mean()), float(torch.exp(-(p * p.log()).sum()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,19 +146,21 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     return sd
 
 
-def _hub_file(url: str) -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+def vgg16_hub_file() -> str:
+    """Where torch's hub cache keeps the VGG16 weights (`TORCH_HOME`); it may not exist."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG16_URL))
 
 
 class PerceptualLoss(nn.Module):
-    """LPIPS-VGG (the `lpips` package) as a frozen loss: inputs in [0, 1], mean over the batch.
+    """LPIPS-VGG (the `lpips` package) as a frozen loss / metric: inputs in [0, 1].
 
     Args:
         pretrained: ImageNet VGG16 backbone. False builds a random backbone (for tests; the
             package's own linear heads still load, offline) and never touches the network.
         weights: local file with the backbone: torchvision's `vgg16-397923af.pth` (`features.*`)
-            or a whole LPIPS state dict (`net.slice*`, `lin*`). Without it, the file is taken from
-            torch's hub cache or downloaded there; offline that is a `MissingWeightsError`.
+            or a whole LPIPS state dict (`net.slice*`, `lin*`). Without it, torch's hub cache is
+            looked in (nothing is downloaded here: `pipelines.runtime.perceptual_loss` fetches the
+            file); when it is not there either, a `MissingWeightsError` says which file to give.
         resize: compare at this side length (bilinear, antialiased) instead of full resolution;
             None keeps full resolution. Only the debug recipe shrinks (LPIPS-VGG at 256 px costs
             about 0.8 s per image on one CPU core).
@@ -189,19 +175,14 @@ class PerceptualLoss(nn.Module):
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
             warnings.simplefilter("ignore", UserWarning)
             self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        if weights is None and pretrained:
+            weights = vgg16_hub_file()
+            if not os.path.isfile(weights):
+                raise MissingWeightsError(
+                    f"LPIPS-VGG needs ImageNet VGG16 weights and {weights} is missing; download {VGG16_URL} "
+                    "and pass its local path (--lpips-weights)")
         if weights is not None:
             self._load(_read_state_dict(weights), weights)
-        elif pretrained:
-            cached = _hub_file(VGG16_URL)
-            try:
-                sd = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=False)
-            except Exception as e:  # offline, proxy, DNS ...
-                raise MissingWeightsError(
-                    f"LPIPS-VGG needs ImageNet VGG16 weights and {cached} is missing "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                    f"download {VGG16_URL} elsewhere and pass its local path (--lpips-weights)"
-                ) from None
-            self._load(sd, cached)
         self.resize = resize
         self.eval().requires_grad_(False)
 
@@ -223,12 +204,13 @@ class PerceptualLoss(nn.Module):
     def train(self, mode: bool = True) -> "PerceptualLoss":
         return super().train(False)  # always eval: a frozen metric
 
-    def forward(self, inputs: Tensor, target: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """inputs / target: (B, 3, H, W) in [0, 1] -> LPIPS, "mean" / "sum" over the batch or "none": (B,)."""
         inputs, target = inputs.float(), target.float()
         if self.resize is not None:
             inputs, target = (F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
                               for x in (inputs, target))
-        return self.lpips(inputs * 2 - 1, target * 2 - 1).mean()
+        return reduce(self.lpips(inputs * 2 - 1, target * 2 - 1).flatten(), reduction)
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -308,15 +290,8 @@ def build_perceptual_loss(kind: str, pretrained: bool = True, lpips_weights: str
     return parts[0] if len(parts) == 1 else CombinedPerceptualLoss(parts)
 
 
-def psnr(inputs: Tensor, reconstructions: Tensor) -> Tensor:
-    """Mean PSNR in dB of reconstructions clamped to [0, 1] (a metric, no gradient)."""
-    with torch.no_grad():
-        mse = (reconstructions.float().clamp(0, 1) - inputs.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        return (10 * torch.log10(1.0 / mse)).mean()
-
-
 __all__ = [
     "ConvNeXtFeatureLoss", "LeCamEMA", "MissingWeightsError", "PERCEPTUAL_KINDS", "PerceptualLoss",
-    "adaptive_gan_weight", "build_perceptual_loss", "codebook_stats", "hinge_d_loss", "hinge_g_loss", "lecam_loss",
-    "proxy_code_accuracy", "proxy_code_loss", "psnr", "reconstruction_loss",
+    "VGG16_URL", "adaptive_gan_weight", "build_perceptual_loss", "hinge_d_loss", "hinge_g_loss", "lecam_loss",
+    "proxy_code_accuracy", "proxy_code_loss", "reconstruction_loss", "vgg16_hub_file",
 ]

@@ -15,7 +15,6 @@ k proxy codebook (1024), gh gw grid height / width.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
