@@ -6,6 +6,10 @@ MaskGIT-VQGAN teacher is used when it can be downloaded (cached); offline, a sma
 stands in and the report says so. With --pretrained it instead reconstructs the sample photos with
 the released TiTok-L-32 tokenizer, and says what it needs when that cannot be downloaded.
 
+Every step is the real job's `main(argv)`, in one local Ray session. Output in `runs/demo/`:
+report.md, reconstructions.png (inputs | reconstructions), loss_curves.png, the Parquet datasets,
+the checkpoints and each job's summary.
+
 examples:
   make demo                          # = python jobs/demo.py --output runs/demo
   make demo IMAGES=~/photos          # your own folder (sub-folders become classes)
@@ -17,15 +21,110 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines import cli  # noqa: E402
+from jobs.make_shards import main as make_shards  # noqa: E402
+from jobs.precompute_proxy import main as precompute  # noqa: E402
+from jobs.tokenize_dataset import main as tokenize  # noqa: E402
+from jobs.train_tokenizer import main as train  # noqa: E402
+from pipelines import runtime  # noqa: E402
+from pipelines.demo_data import write_demo_images  # noqa: E402
+from pipelines.demo_report import (  # noqa: E402
+    RULE,
+    DemoConfig,
+    demo_teacher,
+    image_list,
+    pretrained_lpips_available,
+    reconstruct_photos,
+    say,
+    write_report,
+)
+
+
+def timed(cfg: DemoConfig, name: str, fn: Callable[[], int]) -> None:
+    t0 = time.perf_counter()
+    code = fn()
+    cfg.timings[name] = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"demo step '{name}' failed with exit code {code}; see the output above")
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    out = cfg.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runtime.init_ray(None)
+    if cfg.images:
+        say(f"1/6 packing your images from {cfg.images} into shards")
+        source = [str(image_list(cfg.images, out / "images.tsv")), "--layout", "list"]
+    else:
+        say("1/6 writing crops of scikit-image's public-domain sample photos, packing them into shards")
+        source = [str(write_demo_images(out / "images", cfg.photos, cfg.crops))]
+    timed(cfg, "make_shards", lambda: make_shards(
+        [*source, "--output", str(out / "shards"), "--samples-per-shard", str(cfg.samples_per_shard), "--overwrite"]))
+
+    teacher, official = demo_teacher(out)
+    say("2/6 precomputing proxy codes with the teacher (jobs/precompute_proxy.py)")
+    timed(cfg, "precompute_proxy", lambda: precompute(
+        ["--input", str(out / "shards"), "--output", str(out / "proxy"), "--teacher", teacher,
+         "--views", "offsets-2", "--num-classes", "100000", "--batch-size", "16"]))
+
+    steps1 = ["--steps", str(cfg.stage1_steps)] if cfg.stage1_steps else []
+    say("3/6 stage 1: TiTok learns the proxy codes (jobs/train_tokenizer.py --stage 1 --preset debug)")
+    timed(cfg, "train_stage1", lambda: train(
+        ["--stage", "1", "--preset", "debug", "--data", str(out / "proxy"), "--output", str(out / "stage1"),
+         "--teacher", teacher, "--num-workers", str(cfg.workers), *steps1]))
+
+    lpips_ok = pretrained_lpips_available()
+    if not lpips_ok:
+        say("The pretrained LPIPS (VGG16) weights are not available offline: stage 2 uses randomly\n"
+            "       initialised perceptual backbones (--random-backbones); pass --lpips-weights on a real run.")
+    steps2 = ["--steps", str(cfg.stage2_steps)] if cfg.stage2_steps else []
+    say("4/6 stage 2: decoder fine-tuning on pixels (jobs/train_tokenizer.py --stage 2 --preset debug)")
+    timed(cfg, "train_stage2", lambda: train(
+        ["--stage", "2", "--preset", "debug", "--data", str(out / "proxy"), "--init", str(out / "stage1" / "model"),
+         "--output", str(out / "stage2"), "--teacher", teacher, "--num-workers", str(cfg.workers), *steps2,
+         *([] if lpips_ok else ["--random-backbones"])]))
+
+    say("5/6 tokenizing the dataset with the trained tokenizer (jobs/tokenize_dataset.py)")
+    timed(cfg, "tokenize", lambda: tokenize(
+        ["--input", str(out / "proxy"), "--output", str(out / "tokens"), "--tokenizer", str(out / "stage2" / "model"),
+         "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
+
+    say("6/6 writing the report")
+    report = write_report(cfg, out, official_teacher=official, pretrained_lpips=lpips_ok)
+    print(f"\n{RULE}\nDone. Look at:\n"
+          f"  {report}\n  {out / 'reconstructions.png'}   inputs | reconstructions\n"
+          f"  {out / 'loss_curves.png'}\n  {out}/proxy, {out}/tokens   Parquet (pandas, DuckDB, HF datasets)\n"
+          f"  {out}/stage1/model, {out}/stage2/model   checkpoints (titok_core.load_model)\n"
+          f"Next: python jobs/<job>.py --help for the three jobs; README.md 'Running on a cluster' to scale out.\n{RULE}")
+    return report
+
+
+def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crops: int) -> Path:
+    """Reconstruct the sample photos with the released TiTok-L-32 (downloaded once, cached)."""
+    from titok_core import OFFICIAL_URLS, TiTokReleased
+    out = output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = runtime.load_model_uri(tokenizer or OFFICIAL_URLS["L-32"], option="--tokenizer",
+                                       what="TiTok-L-32 tokenizer", kinds=(TiTokReleased,)).model
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{e}. The pretrained demo needs the released tokenizer_titok_l32.bin (2.6 GB): network access to "
+            f"huggingface.co, or download it elsewhere and run: make demo-pretrained TOKENIZER=/path/to/"
+            "tokenizer_titok_l32.bin") from None
+    grid, psnr, n = reconstruct_photos(model, out, photos, crops)
+    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {n} crops: "
+          f"mean PSNR {psnr:.2f} dB\n  {grid}   inputs | reconstructions\n{RULE}")
+    return grid
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=cli.HelpFormatter)
+    p = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=runtime.HelpFormatter)
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="where everything goes")
     p.add_argument("--images", type=Path, default=None, help="your own image folder instead of the sample photos")
     p.add_argument("--photos", type=int, default=None, help="use only the first N sample photos")
@@ -40,21 +139,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cli.setup_logging()
+    runtime.setup_logging()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if args.pretrained:
-            from pipelines.demo import run_pretrained
             run_pretrained(args.output, args.tokenizer, args.photos, args.crops)
             return 0
-        from pipelines.demo import DemoConfig, run_demo
         if args.images is not None and not args.images.is_dir():
-            return cli.fail(f"--images {args.images} is not a folder")
+            return runtime.fail(f"--images {args.images} is not a folder")
         run_demo(DemoConfig(output=args.output, images=args.images, photos=args.photos, crops=args.crops,
                             stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, workers=args.workers))
         return 0
     except (RuntimeError, ValueError, FileNotFoundError) as e:
-        return cli.fail(str(e))
+        return runtime.fail(str(e))
 
 
 if __name__ == "__main__":

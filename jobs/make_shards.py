@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from pipelines.shards import LAYOUTS, collect_images, pack
-from pipelines.storage import join_url, write_json_atomic
+from pipelines.storage import endpoint_options, join_url, write_json_atomic
 
 EXAMPLE = """example:
   python -m jobs.make_shards ../shared/data/imagenet-sample \\
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> MakeShardsConfig:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
-        options = {"endpoint_url": cfg.endpoint_url} if cfg.endpoint_url else None
+        options = endpoint_options(cfg.endpoint_url)
         images = collect_images(cfg.source, cfg.layout, cfg.labels, cfg.synset_list)
         manifest = pack(images, cfg.output, cfg.samples_per_shard, prefix=cfg.prefix,
                         shuffle_seed=cfg.shuffle_seed, overwrite=cfg.overwrite, storage_options=options)

@@ -18,42 +18,41 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines import cli  # noqa: E402
-
+from pipelines import runtime  # noqa: E402
+from pipelines.encode import options  # noqa: E402
 from titok_core import OFFICIAL_URLS, MaskGITVQGAN  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="precompute_proxy.py", description=__doc__, formatter_class=cli.HelpFormatter)
-    cli.add_io_args(p)
-    cli.add_image_args(p)
+    p = argparse.ArgumentParser(prog="precompute_proxy.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    options.add_io_args(p)
+    options.add_image_args(p)
     p.add_argument("--teacher", default=OFFICIAL_URLS["maskgit-vqgan"],
                    help="MaskGIT-VQGAN weights: official .bin or our checkpoint directory; path, URL or s3://")
-    p.add_argument("--image-format", choices=cli.IMAGE_FORMATS, default="png",
+    p.add_argument("--image-format", choices=options.STORED_IMAGE_FORMATS, default="png",
                    help="how the base image is stored: png (lossless) or jpeg (q95; codes are computed on the "
                         "decoded JPEG, so they match what readers decode)")
-    cli.add_compute_args(p)
+    options.add_compute_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cli.setup_logging()
+    runtime.setup_logging()
     try:
-        path, teacher = cli.load_job_model(args.teacher, "--teacher")
-        if not isinstance(teacher, MaskGITVQGAN):
-            return cli.fail(f"--teacher {args.teacher} holds a {type(teacher).__name__}, not a MaskGIT-VQGAN")
-        grid = args.resolution // teacher.config.downsample_factor
-        if args.resolution % teacher.config.downsample_factor:
-            return cli.fail(f"--resolution {args.resolution} is not divisible by the teacher's "
-                            f"downsampling factor {teacher.config.downsample_factor}")
-        return cli.run_job(args, model_uri=args.teacher, model_option="--teacher", codes_column="proxy_codes",
-                           keep_image=True, codes_per_view=grid * grid,
-                           identity={"teacher": cli.model_identity(path, teacher),
-                                     "proxy_codebook_size": teacher.config.codebook_size},
-                           image_format=args.image_format)
+        path, teacher = runtime.load_model_uri(args.teacher, option="--teacher", what="teacher weights",
+                                               kinds=(MaskGITVQGAN,))
+        factor = teacher.config.downsample_factor
+        if args.resolution % factor:
+            return runtime.fail(f"--resolution {args.resolution} is not divisible by the teacher's "
+                                f"downsampling factor {factor}")
+        grid = args.resolution // factor
+        dataset = options.dataset_metadata(args, codes_per_view=grid * grid, image_format=args.image_format,
+                                           teacher=runtime.model_identity(path, teacher),
+                                           proxy_codebook_size=teacher.config.codebook_size)
+        return options.run_job(args, model_uri=args.teacher, model_option="--teacher", dataset=dataset)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        return cli.fail(str(e))
+        return runtime.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -21,25 +21,26 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines import cli  # noqa: E402
-
+from pipelines import runtime  # noqa: E402
+from pipelines.encode import options  # noqa: E402
+from pipelines.storage import get_fs  # noqa: E402
 from titok_core import OFFICIAL_URLS, TiTok, TiTokReleased  # noqa: E402
 
 INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tokenize_dataset.py", description=__doc__, formatter_class=cli.HelpFormatter)
-    cli.add_io_args(p)
+    p = argparse.ArgumentParser(prog="tokenize_dataset.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    options.add_io_args(p)
     p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
                    help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
-    cli.add_image_args(p)
+    options.add_image_args(p)
     p.add_argument("--tokenizer", default=OFFICIAL_URLS["L-32"],
                    help="TiTok weights: official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
     p.add_argument("--verify-fraction", type=float, default=0.0,
                    help="decode this random fraction of images' tokens back to pixels; PSNR (and LPIPS when its "
                         "weights are available) against the input crops go into the summary")
-    cli.add_compute_args(p)
+    options.add_compute_args(p)
     p.set_defaults(views="center-flip")  # the generator recipe trains on centre crops and their flips
     return p.parse_args(argv)
 
@@ -51,7 +52,6 @@ def input_suffix(spec: str, fmt: str) -> str:
 
 
 def _has_parquet(spec: str) -> bool:
-    from pipelines.storage import get_fs
     try:
         fs, path = get_fs(spec)
         return fs.isdir(path) and bool(fs.glob(path.rstrip("/") + "/*.parquet"))
@@ -61,26 +61,26 @@ def _has_parquet(spec: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cli.setup_logging()
+    runtime.setup_logging()
     try:
         if not 0.0 <= args.verify_fraction <= 1.0:
-            return cli.fail(f"--verify-fraction {args.verify_fraction} must be in [0, 1]")
-        path, model = cli.load_job_model(args.tokenizer, "--tokenizer")
-        if not isinstance(model, (TiTok, TiTokReleased)):
-            return cli.fail(f"--tokenizer {args.tokenizer} holds a {type(model).__name__}, not a TiTok tokenizer")
+            return runtime.fail(f"--verify-fraction {args.verify_fraction} must be in [0, 1]")
+        path, model = runtime.load_model_uri(args.tokenizer, option="--tokenizer", what="tokenizer weights",
+                                             kinds=(TiTok, TiTokReleased))
         if args.verify_fraction > 0 and not isinstance(model, TiTokReleased):
-            return cli.fail("--verify-fraction needs a tokenizer with a pixel decoder (released / stage-2 form); "
-                            f"{args.tokenizer} is a stage-1 model")
+            return runtime.fail("--verify-fraction needs a tokenizer with a pixel decoder (released / stage-2 form); "
+                                f"{args.tokenizer} is a stage-1 model")
         if args.resolution != model.config.image_size:
-            return cli.fail(f"--resolution {args.resolution} does not match the tokenizer's image size "
-                            f"{model.config.image_size}")
-        identity = {"tokenizer": cli.model_identity(path, model), "codebook_size": model.config.codebook_size}
-        return cli.run_job(args, model_uri=args.tokenizer, model_option="--tokenizer", codes_column="tokens",
-                           keep_image=False, codes_per_view=model.config.num_latent_tokens, identity=identity,
-                           image_format="none", input_suffix=input_suffix(args.input, args.input_format),
-                           verify_fraction=args.verify_fraction)
+            return runtime.fail(f"--resolution {args.resolution} does not match the tokenizer's image size "
+                                f"{model.config.image_size}")
+        dataset = options.dataset_metadata(args, codes_per_view=model.config.num_latent_tokens, image_format=None,
+                                           tokenizer=runtime.model_identity(path, model),
+                                           codebook_size=model.config.codebook_size)
+        return options.run_job(args, model_uri=args.tokenizer, model_option="--tokenizer", dataset=dataset,
+                               input_suffix=input_suffix(args.input, args.input_format),
+                               verify_fraction=args.verify_fraction)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        return cli.fail(str(e))
+        return runtime.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from pipelines import cli  # noqa: E402
-from pipelines.recipes import RECIPES  # noqa: E402
+from pipelines import runtime  # noqa: E402
+from pipelines.storage import endpoint_options  # noqa: E402
+from pipelines.train.recipes import RECIPES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train_tokenizer.py", description=__doc__, formatter_class=cli.HelpFormatter)
+    p = argparse.ArgumentParser(prog="train_tokenizer.py", description=__doc__, formatter_class=runtime.HelpFormatter)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: proxy codes; 2: decoder fine-tuning")
     p.add_argument("--preset", choices=sorted(RECIPES[1]), required=True, help="model size and its recipe")
     p.add_argument("--data", required=True, help="proxy-code dataset written by jobs/precompute_proxy.py (dir or URL)")
@@ -62,21 +63,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cli.setup_logging()
-    from pipelines.train_job import ConfigError, prepare, run
+    runtime.setup_logging()
+    from pipelines.train.job import ConfigError, resolve_run, run
     try:
-        cfg = prepare(
+        cfg = resolve_run(
             stage=args.stage, preset=args.preset, data=args.data, output=args.output, steps=args.steps,
             batch_size=args.batch_size, teacher=args.teacher, init=args.init,
             num_workers=args.num_workers, use_gpu=args.use_gpu,
             cpus_per_worker=args.cpus_per_worker or (4.0 if args.use_gpu else 0.5),
             grad_accum=args.grad_accum, max_failures=args.max_failures, lpips_weights=args.lpips_weights,
             convnext_weights=args.convnext_weights, random_backbones=args.random_backbones,
-            storage_options=cli.storage_options(args),
+            storage_options=endpoint_options(args.endpoint_url),
         )
         return run(cfg, args.ray_address)
     except ConfigError as e:  # raised before any worker starts
-        return cli.fail(str(e))
+        return runtime.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,21 @@
-"""Ray Data / Ray Train wiring and the CPU-side stages it calls.
+"""Ray Data / Ray Train wiring, the CPU-side stages it calls, and storage.
 
-The only package that touches fsspec / object-store URLs. One stage per file: a pure function
-for CPU work (decode, crop, read a shard), a callable class for model work.
+Holds (flat: what every job uses)
+    storage      local paths and fsspec URLs (s3://, gs://, http(s)://): reads, atomic writes, the cache
+    schema       every dataset column, the dataset metadata record, the rows between Ray stages
+    quarantine   why a sample was dropped: the reasons and the record
+    tar_reader   one WebDataset shard -> samples and quarantine records, never an exception
+    shards       pack an image folder into deterministic WebDataset shards
+    preprocess   bytes -> base image -> view crop -> model input: every pixel a model sees
+    commit       per-shard outputs and success records: exactly-once reruns
+    runtime      logging, one-line failures, Ray start-up, forwarded env, devices, loading a model by URI
+    demo_data, demo_report   the demo's images and its report
+Sub-packages
+    encode/      the shard jobs (precompute_proxy, tokenize_dataset): decode -> model -> write
+    train/       the tokenizer training job on Ray Train: recipes, data, tasks, loop, outputs
+
+May import: titok_core, ray, pyarrow, fsspec, numpy, torch, PIL and the other libraries of the
+project's dependencies. Never imports `jobs` (the entry points import us). `encode` and `train`
+are independent of each other. These rules are contracts checked by import-linter
+(`[tool.importlinter]` in pyproject.toml, run by tests/test_architecture.py).
 """

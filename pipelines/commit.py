@@ -13,9 +13,9 @@ open the directory (pyarrow, pandas, DuckDB `*.parquet`, HF datasets) skip `_`-p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
-import json
 import posixpath
 import time
 from collections import Counter
@@ -25,7 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import ERRORS_SCHEMA
+from .quarantine import SampleErrorRecord
+from .schema import CODES_COLUMNS, ERRORS_SCHEMA
 from .storage import atomic_write_bytes, exists, is_local, join_url, list_dir, read_json, write_json_atomic
 
 SUCCESS_DIR = "_success"
@@ -82,17 +83,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     # zstd; byte-stream-split lets zstd see the (mostly zero) high bytes of uint16 codes together.
     pq.write_table(table, buf, compression="zstd", compression_level=6,
-                   use_byte_stream_split=[c for c in table.column_names if c in ("proxy_codes", "tokens")] or False,
+                   use_byte_stream_split=[c for c in table.column_names if c in CODES_COLUMNS] or False,
                    row_group_size=1024)
     return buf.getvalue()
 
 
-def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: list[dict[str, str]],
+def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: list[SampleErrorRecord],
                  extra: dict[str, Any], storage_options: dict | None = None) -> dict[str, Any]:
     """Write data, errors, then the success record. Returns the record."""
     data = parquet_bytes(table)
     atomic_write_bytes(data_url(output, name), data, storage_options)
-    err_table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
+    err_table = pa.Table.from_pylist([dataclasses.asdict(e) for e in errors], schema=ERRORS_SCHEMA)
     atomic_write_bytes(join_url(output, ERRORS_DIR, f"{name}.parquet"), parquet_bytes(err_table), storage_options)
     record = {
         "shard": shard,
@@ -100,7 +101,7 @@ def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: li
         "file": f"{name}.parquet",
         "rows": table.num_rows,
         "errors": len(errors),
-        "errors_by_reason": dict(Counter(e["reason"] for e in errors)),
+        "errors_by_reason": dict(Counter(e.reason for e in errors)),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -110,14 +111,6 @@ def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: li
     return record
 
 
-def read_summary(output: str, storage_options: dict | None = None) -> dict[str, Any] | None:
-    url = join_url(output, SUMMARY)
-    return read_json(url, storage_options) if exists(url, storage_options) else None
-
-
 def write_summary(output: str, summary: dict[str, Any], storage_options: dict | None = None) -> None:
     write_json_atomic(join_url(output, SUMMARY), summary, storage_options)
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -1,31 +1,34 @@
-"""`make demo`: the whole system end to end on a small real dataset, then a report.
+"""What `make demo` (jobs/demo.py) shows: its settings, its stand-ins offline, and its report.
 
-    images -> make_shards -> precompute_proxy -> train stage 1 -> train stage 2 -> tokenize -> report
+    DemoConfig, demo_teacher, pretrained_lpips_available, image_list   what the demo runs with
+    write_report        report.md + reconstructions.png (inputs | reconstructions) + loss_curves.png
+                        from the outputs of the jobs the demo ran
+    reconstruct_photos  the sample photos through a released tokenizer (make demo-pretrained)
 
-Every step is the real job's `main(argv)`, in one local Ray session. Output in `runs/demo/`:
-report.md, reconstructions.png (inputs | reconstructions), loss_curves.png, the Parquet datasets,
-the checkpoints and each job's summary.
+jobs/demo.py runs the real jobs in order; everything here only reads what they wrote.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from titok_core.metrics import psnr as psnr_db
+
 from .demo_data import write_demo_images
+from .preprocess import CENTER, apply_view, decode_and_preprocess, decode_stored_image, to_model_input, to_uint8
+from .runtime import vgg16_weights
 from .storage import fetch_to_cache
-from .views import View, apply_view
 
 RULE = "-" * 78
 
@@ -58,14 +61,6 @@ def say(msg: str) -> None:
     print(f"\n[demo] {msg}", flush=True)
 
 
-def timed(cfg: DemoConfig, name: str, fn: Callable[[], int]) -> None:
-    t0 = time.perf_counter()
-    code = fn()
-    cfg.timings[name] = time.perf_counter() - t0
-    if code != 0:
-        raise RuntimeError(f"demo step '{name}' failed with exit code {code}; see the output above")
-
-
 def image_list(folder: Path, dest: Path) -> Path:
     """A `path<TAB>label` list of a user folder: label = index of the image's sub-folder (0 if flat)."""
     exts = {".jpg", ".jpeg", ".png", ".webp", ".JPEG", ".JPG", ".PNG"}
@@ -77,7 +72,7 @@ def image_list(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def get_teacher(out: Path) -> tuple[str, bool]:
+def demo_teacher(out: Path) -> tuple[str, bool]:
     """The official MaskGIT-VQGAN if it can be downloaded (cached), else a small random one."""
     from titok_core import OFFICIAL_URLS, VQGAN_PRESETS, MaskGITVQGAN, save_pretrained
     try:
@@ -94,70 +89,12 @@ def get_teacher(out: Path) -> tuple[str, bool]:
 
 
 def pretrained_lpips_available() -> bool:
+    """Whether the LPIPS VGG16 weights can be had (cached, or downloadable)."""
     try:
-        import lpips
-        lpips.LPIPS(net="vgg", verbose=False)
+        vgg16_weights()
         return True
-    except Exception:
+    except RuntimeError:
         return False
-
-
-def run_demo(cfg: DemoConfig) -> Path:
-    from jobs.make_shards import main as make_shards
-    from jobs.precompute_proxy import main as precompute
-    from jobs.tokenize_dataset import main as tokenize
-    from jobs.train_tokenizer import main as train
-
-    from .cli import init_ray
-
-    out = cfg.output.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    init_ray(None)
-    if cfg.images:
-        say(f"1/6 packing your images from {cfg.images} into shards")
-        source = [str(image_list(cfg.images, out / "images.tsv")), "--layout", "list"]
-    else:
-        say("1/6 writing crops of scikit-image's public-domain sample photos, packing them into shards")
-        source = [str(write_demo_images(out / "images", cfg.photos, cfg.crops))]
-    timed(cfg, "make_shards", lambda: make_shards(
-        [*source, "--output", str(out / "shards"), "--samples-per-shard", str(cfg.samples_per_shard), "--overwrite"]))
-
-    teacher, official = get_teacher(out)
-    say("2/6 precomputing proxy codes with the teacher (jobs/precompute_proxy.py)")
-    timed(cfg, "precompute_proxy", lambda: precompute(
-        ["--input", str(out / "shards"), "--output", str(out / "proxy"), "--teacher", teacher,
-         "--views", "offsets-2", "--num-classes", "100000", "--batch-size", "16"]))
-
-    steps1 = ["--steps", str(cfg.stage1_steps)] if cfg.stage1_steps else []
-    say("3/6 stage 1: TiTok learns the proxy codes (jobs/train_tokenizer.py --stage 1 --preset debug)")
-    timed(cfg, "train_stage1", lambda: train(
-        ["--stage", "1", "--preset", "debug", "--data", str(out / "proxy"), "--output", str(out / "stage1"),
-         "--teacher", teacher, "--num-workers", str(cfg.workers), *steps1]))
-
-    lpips_ok = pretrained_lpips_available()
-    if not lpips_ok:
-        say("The pretrained LPIPS (VGG16) weights are not available offline: stage 2 uses randomly\n"
-            "       initialised perceptual backbones (--random-backbones); pass --lpips-weights on a real run.")
-    steps2 = ["--steps", str(cfg.stage2_steps)] if cfg.stage2_steps else []
-    say("4/6 stage 2: decoder fine-tuning on pixels (jobs/train_tokenizer.py --stage 2 --preset debug)")
-    timed(cfg, "train_stage2", lambda: train(
-        ["--stage", "2", "--preset", "debug", "--data", str(out / "proxy"), "--init", str(out / "stage1" / "model"),
-         "--output", str(out / "stage2"), "--teacher", teacher, "--num-workers", str(cfg.workers), *steps2,
-         *([] if lpips_ok else ["--random-backbones"])]))
-
-    say("5/6 tokenizing the dataset with the trained tokenizer (jobs/tokenize_dataset.py)")
-    timed(cfg, "tokenize", lambda: tokenize(
-        ["--input", str(out / "proxy"), "--output", str(out / "tokens"), "--tokenizer", str(out / "stage2" / "model"),
-         "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
-
-    say("6/6 writing the report")
-    report = write_report(cfg, out, official_teacher=official, pretrained_lpips=lpips_ok)
-    print(f"\n{RULE}\nDone. Look at:\n"
-          f"  {report}\n  {out / 'reconstructions.png'}   inputs | reconstructions\n"
-          f"  {out / 'loss_curves.png'}\n  {out}/proxy, {out}/tokens   Parquet (pandas, DuckDB, HF datasets)\n"
-          f"  {out}/stage1/model, {out}/stage2/model   checkpoints (titok_core.load_model)\n"
-          f"Next: python jobs/<job>.py --help for the three jobs; README.md 'Running on a cluster' to scale out.\n{RULE}")
-    return report
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -212,13 +149,11 @@ def reconstructions(out: Path, n: int = 8) -> tuple[Path, float]:
     model = load_model(out / "stage2" / "model")
     proxy = pd.read_parquet(out / "proxy", columns=["key", "image"]).sort_values("key").head(n)
     tokens = pd.read_parquet(out / "tokens", columns=["key", "tokens"]).set_index("key")
-    crops = [apply_view(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), View(0.5, False)) for b in proxy.image]
+    inp = np.stack([apply_view(decode_stored_image(b), CENTER) for b in proxy.image])
     tok = torch.tensor(np.stack([np.stack(tokens.loc[k, "tokens"])[0] for k in proxy.key]).astype(np.int64))
     with torch.inference_mode():
-        rec = model.decode_tokens(tok, clamp=True).permute(0, 2, 3, 1).mul(255).round().byte().numpy()
-    inp = np.stack(crops)
-    mse = ((inp.astype(np.float64) - rec) ** 2).reshape(len(inp), -1).mean(1) / 255**2
-    psnr = float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-10))))
+        rec = to_uint8(model.decode_tokens(tok, clamp=True))
+    psnr = float(psnr_db(torch.from_numpy(inp), torch.from_numpy(rec), max_value=255))
     pairs = [np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)]  # input | reconstruction
     pairs += [np.zeros_like(pairs[0])] * (-len(pairs) % 4)
     grid = np.concatenate([np.concatenate(pairs[i : i + 4], axis=1) for i in range(0, len(pairs), 4)], axis=0)
@@ -298,34 +233,18 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
 
 
 # ------------------------------------------------------------------------------------ pretrained
-def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crops: int) -> Path:
-    """Reconstruct the sample photos with the released TiTok-L-32 (downloaded once, cached)."""
-    from titok_core import OFFICIAL_URLS, load_model
-
-    from .images import decode_and_preprocess
-    out = output.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    uri = tokenizer or OFFICIAL_URLS["L-32"]
-    try:
-        path = fetch_to_cache(uri, what="TiTok-L-32 tokenizer", option="--tokenizer")
-    except RuntimeError as e:
-        raise RuntimeError(
-            f"{e}. The pretrained demo needs the released tokenizer_titok_l32.bin (2.6 GB): network access to "
-            f"huggingface.co, or download it elsewhere and run: make demo-pretrained TOKENIZER=/path/to/"
-            "tokenizer_titok_l32.bin") from None
-    model = load_model(path)
+def reconstruct_photos(model: torch.nn.Module, out: Path, photos: int | None, crops: int) -> tuple[Path, float, int]:
+    """The demo photos' centre crops through `model` (encode -> decode): (grid path, mean PSNR, images)."""
     folder = write_demo_images(out / "images", photos, crops)
-    crops_ = [apply_view(decode_and_preprocess(p.read_bytes()), View(0.5, False)) for p in sorted(folder.rglob("*.png"))]
-    x = torch.from_numpy(np.stack(crops_)).permute(0, 3, 1, 2).float() / 255
-    rows, psnrs = [], []
+    inp = np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER) for p in sorted(folder.rglob("*.png"))])
+    rec = []
     with torch.inference_mode():
-        for i in range(0, len(x), 4):
-            rec = model.decode_tokens(model.encode(x[i : i + 4]), clamp=True)
-            psnrs += (10 * torch.log10(1 / ((rec - x[i : i + 4]) ** 2).flatten(1).mean(1).clamp_min(1e-10))).tolist()
-            for a, b in zip(x[i : i + 4], rec):
-                rows.append(torch.cat([a, b], dim=2))
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().byte().numpy()
-    Image.fromarray(grid).save(out / "reconstructions.png")
-    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {len(x)} crops: "
-          f"mean PSNR {np.mean(psnrs):.2f} dB\n  {out / 'reconstructions.png'}   inputs | reconstructions\n{RULE}")
-    return out / "reconstructions.png"
+        for i in range(0, len(inp), 4):
+            x = to_model_input(inp[i : i + 4])
+            rec.append(to_uint8(model.decode_tokens(model.encode(x), clamp=True)))
+    rec = np.concatenate(rec)
+    psnr = float(psnr_db(torch.from_numpy(inp), torch.from_numpy(rec), max_value=255))
+    grid = np.concatenate([np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)], axis=0)  # input | recon rows
+    path = out / "reconstructions.png"
+    Image.fromarray(grid).save(path)
+    return path, psnr, len(inp)

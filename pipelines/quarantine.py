@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Image bytes (pipelines.images.decode_and_preprocess).
+# Image bytes (pipelines.preprocess.decode_and_preprocess).
 EMPTY = "empty"  # zero-byte image member
 UNDECODABLE = "undecodable"  # not an image Pillow can read, or corrupt image data
 TRUNCATED = "truncated"  # image data ends early (cut JPEG / PNG, header only)

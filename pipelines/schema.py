@@ -1,4 +1,4 @@
-"""Every column the jobs write, and their pyarrow schemas, in one place.
+"""Every name the datasets and the shard pipeline use, in one place.
 
 Proxy-code dataset (jobs/precompute_proxy.py), one row per image, one file per input shard:
     key            string     WebDataset sample key
@@ -17,16 +17,32 @@ Proxy-code dataset (jobs/precompute_proxy.py), one row per image, one file per i
 Token dataset (jobs/tokenize_dataset.py): the same minus the image columns, with
     tokens         list<fixed_size_list<uint16>[N]>  per view: the tokenizer's tokens
 
-Quarantine table (`_errors/<shard>.parquet`): key, shard, member, reason, detail (strings).
-File-level metadata (`titok.*` keys) records the view set, crop size, model identity and format.
+Quarantine table (`_errors/<shard>.parquet`): the fields of `quarantine.SampleErrorRecord`.
+
+Dataset metadata: every data file's schema carries one JSON object under the `titok` key,
+`DatasetMetadata` below: the view set, crop size, codes per view, the model that made the codes
+(its identity) and the stored image format. Writers build it, readers (training, tokenizing a
+proxy dataset, evaluation) parse it back with `DatasetMetadata.from_schema`.
+
+Between the Ray stages of a shard job a whole shard travels as ONE row (so it is never split and is
+the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model -> write) and
+`ShardResult` (write -> driver), each with `to_row` / `from_row`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+
+from .quarantine import SampleErrorRecord
+
+# --------------------------------------------------------------------------------------------
+# Dataset columns
 
 KEY = "key"
 LABEL = "label"
@@ -40,6 +56,7 @@ VIEW_OFFSETS = "view_offsets"
 VIEW_FLIPS = "view_flips"
 PROXY_CODES = "proxy_codes"
 TOKENS = "tokens"
+CODES_COLUMNS = (PROXY_CODES, TOKENS)
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"titok"
@@ -66,7 +83,7 @@ def _views() -> list[pa.Field]:
     ]
 
 
-def proxy_schema(codes_per_view: int, metadata: dict[str, Any] | None = None) -> pa.Schema:
+def proxy_schema(codes_per_view: int, metadata: DatasetMetadata | None = None) -> pa.Schema:
     fields = _common() + [
         pa.field(IMAGE, pa.binary(), nullable=False),
         pa.field(IMAGE_FORMAT, pa.string(), nullable=False),
@@ -76,27 +93,277 @@ def proxy_schema(codes_per_view: int, metadata: dict[str, Any] | None = None) ->
     return _with_meta(pa.schema(fields), metadata)
 
 
-def token_schema(tokens_per_view: int, metadata: dict[str, Any] | None = None) -> pa.Schema:
+def token_schema(tokens_per_view: int, metadata: DatasetMetadata | None = None) -> pa.Schema:
     fields = _common() + _views() + [pa.field(TOKENS, codes_type(tokens_per_view), nullable=False)]
     return _with_meta(pa.schema(fields), metadata)
 
 
-ERRORS_SCHEMA = pa.schema([
-    pa.field("key", pa.string()),
-    pa.field("shard", pa.string()),
-    pa.field("member", pa.string()),
-    pa.field("reason", pa.string()),
-    pa.field("detail", pa.string()),
-])
+# Every field of a quarantine record, as a string column (the record is the definition).
+ERRORS_SCHEMA = pa.schema([pa.field(f.name, pa.string()) for f in dataclasses.fields(SampleErrorRecord)])
 
 
-def _with_meta(schema: pa.Schema, metadata: dict[str, Any] | None) -> pa.Schema:
-    if not metadata:
+def _with_meta(schema: pa.Schema, metadata: DatasetMetadata | None) -> pa.Schema:
+    if metadata is None:
         return schema
-    return schema.with_metadata({METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **metadata}).encode()})
+    return schema.with_metadata({METADATA_KEY: metadata.to_json().encode()})
 
 
-def read_metadata(schema: pa.Schema) -> dict[str, Any]:
-    """The `titok` metadata a job stored in a file's schema ({} if none)."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
+# --------------------------------------------------------------------------------------------
+# Dataset metadata
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The model that computed a dataset's codes.
+
+    Args:
+        kind: class name (MaskGITVQGAN, TiTok, TiTokReleased).
+        config: its config (`model.config.to_dict()`).
+        weights_sha256: hash over its state dict (names and bytes), independent of the file format.
+        source: where it was loaded from.
+    """
+
+    kind: str
+    config: dict[str, Any]
+    weights_sha256: str
+    source: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelIdentity:
+        return cls(d["kind"], d["config"], d["weights_sha256"], d["source"])
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """What a proxy-code or token dataset says about itself (same in every file of one dataset).
+
+    Args:
+        views: view-set name (pipelines.preprocess.view_specs).
+        view_specs: the views as (offset fraction, flip) pairs.
+        crop_size: side of the crops the model saw (= short side of the stored base images).
+        codes_per_view: codes per crop (teacher: grid * grid; tokenizer: its token count).
+        image_format: how base images are stored ("png" / "jpeg"); None when not stored.
+        teacher / proxy_codebook_size: proxy datasets: the MaskGIT-VQGAN and its codebook size.
+        tokenizer / codebook_size: token datasets: the TiTok tokenizer and its codebook size.
+        format_version: of this layout.
+    """
+
+    views: str
+    view_specs: tuple[tuple[float, bool], ...]
+    crop_size: int
+    codes_per_view: int
+    image_format: str | None = None
+    teacher: ModelIdentity | None = None
+    proxy_codebook_size: int | None = None
+    tokenizer: ModelIdentity | None = None
+    codebook_size: int | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "view_specs", tuple((float(o), bool(f)) for o, f in self.view_specs))
+        if (self.teacher is None) == (self.tokenizer is None):
+            raise ValueError("dataset metadata names exactly one model: a teacher (proxy codes) or a tokenizer")
+
+    @property
+    def codes_column(self) -> str:
+        """The column holding the codes: proxy_codes (teacher) or tokens (tokenizer)."""
+        return PROXY_CODES if self.teacher is not None else TOKENS
+
+    @property
+    def model(self) -> ModelIdentity:
+        """The model that computed the codes."""
+        return self.teacher if self.teacher is not None else self.tokenizer  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        d["view_specs"] = [list(v) for v in self.view_specs]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetMetadata:
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        for name in ("teacher", "tokenizer"):
+            if d.get(name) is not None:
+                d[name] = ModelIdentity.from_dict(d[name])
+        return cls(**d)
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> DatasetMetadata | None:
+        """The metadata a job stored in a file's schema; None if the file has none (not ours)."""
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        if not raw:
+            return None
+        return cls.from_dict(json.loads(raw))
+
+
+# --------------------------------------------------------------------------------------------
+# Rows between the stages of a shard job (Ray Data rows: one per shard)
+#
+# A row's values must be types Arrow infers the same way for every shard, whatever it holds:
+# lists of bytes / strings / ints, and scalars. Two kinds of value are therefore serialised:
+# numpy arrays as raw bytes plus their shape (Arrow would otherwise make a tensor extension
+# type per shape), and the quarantine records and statistics as JSON text (a shard with no
+# errors would give an empty list of type null, and statistics differ in keys between models,
+# both of which make Ray fail to combine the blocks of two shards).
+
+
+def _array(data: bytes, shape: list[int], dtype: type) -> np.ndarray:
+    return np.frombuffer(data, dtype=dtype).reshape([int(s) for s in shape])
+
+
+def _errors_json(errors: list[SampleErrorRecord]) -> str:
+    return json.dumps([dataclasses.asdict(e) for e in errors])
+
+
+def _errors_from_json(text: str) -> list[SampleErrorRecord]:
+    return [SampleErrorRecord(**e) for e in json.loads(text)]
+
+
+@dataclass
+class DecodedShard:
+    """A shard's usable samples as base images, plus its quarantine records (decode -> model stage).
+
+    Args:
+        shard: input URL; name: output name (pipelines.commit.shard_name).
+        keys / labels / sources / members: per sample, as in the dataset.
+        images: per sample, the stored base image bytes (b"" when the dataset keeps no image).
+        pixels: per sample, the base image as the model sees it, raw (H, W, 3) uint8 bytes.
+        heights / widths: per sample, the base image's size.
+        errors: quarantined samples.
+        failed: the shard could not be read at all (missing, I/O error): it is not committed.
+    """
+
+    shard: str
+    name: str
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+    pixels: list[bytes] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    errors: list[SampleErrorRecord] = field(default_factory=list)
+    failed: bool = False
+
+    def add(self, key: str, label: int, source: str, member: str, stored: bytes, pixels: np.ndarray) -> None:
+        """Append one usable sample."""
+        self.keys.append(key)
+        self.labels.append(int(label))
+        self.sources.append(source)
+        self.members.append(member)
+        self.images.append(stored)
+        self.pixels.append(np.ascontiguousarray(pixels).tobytes())
+        self.heights.append(int(pixels.shape[0]))
+        self.widths.append(int(pixels.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def base_image(self, i: int) -> np.ndarray:
+        """Sample i's base image, (H, W, 3) uint8 (a view of the row's bytes, read-only)."""
+        return _array(self.pixels[i], [self.heights[i], self.widths[i], 3], np.uint8)
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row["errors"] = _errors_json(self.errors)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> DecodedShard:
+        d = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        for name in ("keys", "labels", "sources", "members", "images", "pixels", "heights", "widths"):
+            d[name] = list(d[name])
+        d["errors"] = _errors_from_json(row["errors"])
+        d["failed"] = bool(d["failed"])
+        return cls(**d)
+
+
+@dataclass
+class EncodedShard:
+    """A shard with its codes (model -> write stage). The sample fields are `DecodedShard`'s.
+
+    Args:
+        codes: (n, views, codes_per_view) uint16.
+        view_offsets: (n, views) int32 crop starts along each image's long side.
+        view_flips: (views,) flip of each view.
+        stats: summed statistics for the job summary (bf16 agreement, verification).
+    """
+
+    shard: str
+    name: str
+    keys: list[str]
+    labels: list[int]
+    sources: list[str]
+    members: list[str]
+    images: list[bytes]
+    heights: list[int]
+    widths: list[int]
+    errors: list[SampleErrorRecord]
+    failed: bool
+    codes: np.ndarray
+    view_offsets: np.ndarray
+    view_flips: list[bool]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_decoded(cls, shard: DecodedShard, codes: np.ndarray, view_offsets: np.ndarray, view_flips: list[bool],
+                     stats: dict[str, float]) -> EncodedShard:
+        return cls(shard.shard, shard.name, shard.keys, shard.labels, shard.sources, shard.members, shard.images,
+                   shard.heights, shard.widths, shard.errors, shard.failed, codes, view_offsets, view_flips, stats)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        row["errors"] = _errors_json(self.errors)
+        row["codes"], row["codes_shape"] = self.codes.astype(np.uint16).tobytes(), list(self.codes.shape)
+        row["view_offsets"] = self.view_offsets.astype(np.int32).tobytes()
+        row["view_offsets_shape"] = list(self.view_offsets.shape)
+        row["stats"] = json.dumps(self.stats)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EncodedShard:
+        d = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        for name in ("keys", "labels", "sources", "members", "images", "heights", "widths"):
+            d[name] = list(d[name])
+        d["errors"] = _errors_from_json(row["errors"])
+        d["failed"] = bool(d["failed"])
+        d["codes"] = _array(row["codes"], row["codes_shape"], np.uint16)
+        d["view_offsets"] = _array(row["view_offsets"], row["view_offsets_shape"], np.int32)
+        d["view_flips"] = [bool(f) for f in row["view_flips"]]
+        d["stats"] = json.loads(row["stats"])
+        return cls(**d)
+
+
+@dataclass
+class ShardResult:
+    """What the driver learns about one shard (write stage -> driver): counts, not data.
+
+    Args:
+        shard / name: as in `DecodedShard`.
+        rows: samples written; errors: its quarantine records; failed: not committed (unreadable).
+        bytes: size of the data file written.
+        stats: the model stage's summed statistics.
+    """
+
+    shard: str
+    name: str
+    rows: int
+    errors: list[SampleErrorRecord]
+    failed: bool
+    bytes: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row["errors"] = _errors_json(self.errors)
+        row["stats"] = json.dumps(self.stats)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ShardResult:
+        return cls(row["shard"], row["name"], int(row["rows"]), _errors_from_json(row["errors"]), bool(row["failed"]),
+                   int(row["bytes"]), json.loads(row["stats"]))

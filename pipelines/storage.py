@@ -50,9 +50,25 @@ def is_local(url: str) -> bool:
     return protocol_of(url) in LOCAL_PROTOCOLS
 
 
+def local_path(url: str) -> str:
+    """The absolute local path of a plain path or file:// URL (`~` expanded)."""
+    return os.path.abspath(os.path.expanduser(split_protocol(url)[1]))
+
+
 def s3_endpoint(endpoint_url: str | None = None) -> str | None:
     """The S3 endpoint to use: the argument, else `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`."""
     return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def endpoint_options(endpoint_url: str | None) -> dict[str, Any] | None:
+    """Storage options for a custom S3 endpoint (a job's --endpoint-url); None for the default.
+
+    The endpoint is also exported as AWS_ENDPOINT_URL, so s3fs, pyarrow and every Ray task (which
+    inherits the AWS_* environment, see runtime.forwarded_env) use the same one."""
+    if not endpoint_url:
+        return None
+    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    return {"endpoint_url": endpoint_url}
 
 
 def get_fs(
@@ -330,7 +346,7 @@ def fetch_to_cache(uri: str, cache_dir: str | None = None, what: str = "weights"
     """
     protocol = protocol_of(uri)
     if protocol in LOCAL_PROTOCOLS:
-        path = os.path.abspath(os.path.expanduser(split_protocol(uri)[1]))
+        path = local_path(uri)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{option}: {what} {path!r} does not exist")
         return path

@@ -12,22 +12,22 @@ unit of commit):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from . import commit
-from .decode_stage import DecodeOptions, decode_shard
-from .encode_stage import PRECISIONS
-from .storage import expand_inputs
-from .views import view_specs
+from .. import commit
+from .. import schema as S
+from ..preprocess import view_specs
+from ..runtime import forwarded_env
+from ..storage import expand_inputs
+from .decode import DecodeOptions, decode_shard
+from .model import INFERENCE_PRECISIONS
 
-log = logging.getLogger("titok.encode_job")
+log = logging.getLogger("titok.encode")
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,17 @@ class EncodeJobConfig:
         output: output directory (local or fsspec URL).
         model: checkpoint path or URL (already validated / fetched by the caller).
         model_option: the CLI option that named the model, for messages.
-        codes_column: "proxy_codes" (teacher) or "tokens" (tokenizer).
-        keep_image: store the base image in the rows (proxy datasets: stage 1 trains on it).
-        codes_per_view: codes the model emits per crop (teacher: grid*grid, tokenizer: N).
-        metadata: model identity etc., recorded in every file's schema and in the summary.
-        views: view-set name.
-        decode: image decoding options.
+        dataset: the metadata every output file records: views, crop size, codes per view, the
+            model's identity, whether (and how) base images are stored.
+        decode: image decoding options (its resolution is the dataset's crop size).
         workers: model actors; num_gpus / num_cpus: resources of one actor.
         decode_cpus: CPUs per decode / write task.
+        threads: torch threads inside a model actor.
         batch_size: crops per forward pass.
         precision: auto | fp32 | bf16.
         max_error_rate: exit non-zero above this fraction of quarantined samples.
         overwrite: redo committed shards.
+        storage_options: fsspec options (custom S3 endpoint).
         input_suffix: ".tar" for WebDataset shards, ".parquet" for a proxy-code dataset.
         verify_fraction: decode this fraction of tokens back to pixels and report PSNR / LPIPS.
     """
@@ -59,11 +58,7 @@ class EncodeJobConfig:
     output: str
     model: str
     model_option: str
-    codes_column: str
-    keep_image: bool
-    codes_per_view: int
-    metadata: dict[str, Any]
-    views: str = "center"
+    dataset: S.DatasetMetadata
     decode: DecodeOptions = DecodeOptions()
     workers: int = 1
     num_gpus: float = 0.0
@@ -79,13 +74,14 @@ class EncodeJobConfig:
     verify_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        view_specs(self.views)  # raises on an unknown view set
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: use one of {PRECISIONS}")
+        view_specs(self.dataset.views)  # raises on an unknown view set
+        if self.precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: use one of {INFERENCE_PRECISIONS}")
         if self.workers < 1 or self.batch_size < 1:
             raise ValueError("workers and batch_size must be >= 1")
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max_error_rate {self.max_error_rate} must be in [0, 1]")
+        assert self.decode.resolution == self.dataset.crop_size, "the crop size is the resize's shorter side"
 
 
 def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
@@ -99,8 +95,8 @@ def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
     return todo, skipped
 
 
-class Progress:
-    """Counts shard results as they stream in; logs images/s every `every` seconds."""
+class ShardTally:
+    """Counts shard results as they stream in; a progress bar, and images/s every `every` seconds."""
 
     def __init__(self, total_shards: int, every: float = 10.0):
         from tqdm import tqdm
@@ -112,20 +108,19 @@ class Progress:
         self.failures: list[str] = []
         self.stats: Counter[str] = Counter()  # summed per-shard statistics (bf16 agreement, verification)
 
-    def add(self, r: dict[str, Any]) -> None:
-        errors = json.loads(r["errors"])
-        if r["failed"]:  # unreadable: not committed; counts as one error so the rate sees it
+    def add(self, r: S.ShardResult) -> None:
+        if r.failed:  # unreadable: not committed; counts as one error so the rate sees it
             self.failed += 1
             self.errors += 1
-            self.reasons.update(e["reason"] for e in errors[-1:])
-            self.failures.append(f"{r['shard']}: {'; '.join(e['detail'] for e in errors)[:300]}")
+            self.reasons.update(e.reason for e in r.errors[-1:])
+            self.failures.append(f"{r.shard}: {'; '.join(e.detail for e in r.errors)[:300]}")
         else:
             self.done += 1
-            self.images += r["rows"]
-            self.errors += len(errors)
-            self.reasons.update(e["reason"] for e in errors)
-            self.bytes += r["bytes"]
-        self.stats.update(json.loads(r["stats"]))
+            self.images += r.rows
+            self.errors += len(r.errors)
+            self.reasons.update(e.reason for e in r.errors)
+            self.bytes += r.bytes
+        self.stats.update(r.stats)
         self.bar.update(1)
         self.bar.set_postfix(images=self.images, errors=self.errors, img_s=f"{self.rate:.1f}")
         now = time.perf_counter()
@@ -139,20 +134,12 @@ class Progress:
         return self.images / max(time.perf_counter() - self.t0, 1e-9)
 
 
-FORWARDED_ENV_PREFIXES = ("AWS_", "TITOK_", "HF_")
-
-
-def forwarded_env() -> dict[str, str]:
-    """The driver's storage / cache settings, for the job's tasks and actors."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-
-
 def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
     import ray
     from ray.data import ActorPoolStrategy
 
-    from .encode_stage import EncodeViews
-    from .write_stage import write_shard
+    from .model import EncodeViews
+    from .write import write_shard
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
@@ -164,57 +151,52 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
                 num_cpus=cfg.decode_cpus, **env)
     ds = ds.map(
         EncodeViews,
-        fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.views,
-                                   crop=cfg.decode.resolution, batch_size=cfg.batch_size,
-                                   codes_per_view=cfg.codes_per_view, precision=cfg.precision, threads=cfg.threads,
-                                   verify_fraction=cfg.verify_fraction),
+        fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
+                                   crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
+                                   codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
+                                   threads=cfg.threads, verify_fraction=cfg.verify_fraction),
         compute=ActorPoolStrategy(size=cfg.workers),
         num_gpus=cfg.num_gpus,
         num_cpus=cfg.num_cpus,
         **env,
     )
-    meta = {**cfg.metadata, "views": cfg.views, "view_specs": [list(v) for v in view_specs(cfg.views)],
-            "crop_size": cfg.decode.resolution, "codes_per_view": cfg.codes_per_view,
-            "image_format": cfg.decode.image_format if cfg.keep_image else None}
-    ds = ds.map(write_shard, fn_kwargs=dict(output=cfg.output, codes_column=cfg.codes_column,
-                                           keep_image=cfg.keep_image, image_format=cfg.decode.image_format,
-                                           metadata=meta, storage_options=cfg.storage_options),
-                num_cpus=cfg.decode_cpus, **env)
-    return ds
+    return ds.map(write_shard, fn_kwargs=dict(output=cfg.output, metadata=cfg.dataset,
+                                              storage_options=cfg.storage_options),
+                  num_cpus=cfg.decode_cpus, **env)
 
 
 def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
     """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`."""
     t0 = time.perf_counter()
     todo, skipped = plan(cfg)
-    progress = Progress(len(todo))
+    tally = ShardTally(len(todo))
     if todo:
-        ds = build_dataset(cfg, todo)
-        for r in ds.iter_rows():
-            progress.add(r)
-    progress.bar.close()
+        for row in build_dataset(cfg, todo).iter_rows():
+            tally.add(S.ShardResult.from_row(row))
+    tally.bar.close()
     wall = time.perf_counter() - t0
     prior_images = sum(r["rows"] for r in skipped.values())
     prior_errors = sum(r["errors"] for r in skipped.values())
-    reasons = progress.reasons + Counter({k: v for r in skipped.values() for k, v in r["errors_by_reason"].items()})
-    total_images, total_errors = progress.images + prior_images, progress.errors + prior_errors
+    reasons = tally.reasons + Counter({k: v for r in skipped.values() for k, v in r["errors_by_reason"].items()})
+    total_images, total_errors = tally.images + prior_images, tally.errors + prior_errors
     seen = total_images + total_errors
     error_rate = total_errors / seen if seen else 0.0
+    meta = cfg.dataset.to_dict()
     summary = {
-        "input": cfg.input, "output": cfg.output, "views": cfg.views,
-        "shards_done": progress.done, "shards_skipped": len(skipped), "shards_failed": progress.failed,
-        "failed_shards": progress.failures,
-        "images": progress.images, "errors": progress.errors,
+        "input": cfg.input, "output": cfg.output, "views": cfg.dataset.views,
+        "shards_done": tally.done, "shards_skipped": len(skipped), "shards_failed": tally.failed,
+        "failed_shards": tally.failures,
+        "images": tally.images, "errors": tally.errors,
         "images_total": total_images, "errors_total": total_errors,
         "errors_by_reason": dict(sorted(reasons.items())),
         "error_rate": round(error_rate, 6),
-        "images_per_s": round(progress.images / wall, 3) if wall else 0.0,
-        "bytes_per_row": round(progress.bytes / progress.images, 1) if progress.images else None,
+        "images_per_s": round(tally.images / wall, 3) if wall else 0.0,
+        "bytes_per_row": round(tally.bytes / tally.images, 1) if tally.images else None,
         "wall_s": round(wall, 2),
-        "model": cfg.metadata,
+        "model": {k: meta[k] for k in ("teacher", "proxy_codebook_size", "tokenizer", "codebook_size") if k in meta},
         "precision": cfg.precision,
     }
-    st = progress.stats
+    st = tally.stats
     if st["bf16_compared"]:
         summary["bf16_codes_agreeing_with_fp32"] = round(st["bf16_agree"] / st["bf16_compared"], 6)
     if cfg.verify_fraction > 0:
@@ -230,8 +212,8 @@ def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
         reason = f"error rate {error_rate:.3%} is above --max-error-rate {cfg.max_error_rate:.3%}"
     if reason:
         summary["status"] = f"failed: {reason}"
-    elif progress.failed:  # within the error budget, but the output is incomplete until a rerun
-        summary["status"] = f"ok, incomplete: {progress.failed} shard(s) could not be read; rerun to retry them"
+    elif tally.failed:  # within the error budget, but the output is incomplete until a rerun
+        summary["status"] = f"ok, incomplete: {tally.failed} shard(s) could not be read; rerun to retry them"
     else:
         summary["status"] = "ok"
     commit.write_summary(cfg.output, summary, cfg.storage_options)
@@ -260,4 +242,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"failed shard      {f}")
     lines.append(f"output            {summary['output']}  (summary: _summary.json, quarantine: _errors/)")
     return "\n".join(lines)
-

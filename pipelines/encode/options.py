@@ -1,22 +1,18 @@
-"""Command-line pieces shared by the shard-encoding jobs (precompute_proxy, tokenize_dataset)."""
+"""Command-line options shared by the shard-encoding jobs (precompute_proxy, tokenize_dataset), and
+the step from parsed options to a run of `pipelines.encode.job`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 from typing import Any
 
-from .decode_stage import IMAGE_FORMATS, DecodeOptions
-from .encode_job import EncodeJobConfig, format_summary, run
-from .encode_stage import PRECISIONS, model_identity
-from .images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
-from .storage import fetch_to_cache
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+from .. import schema as S
+from ..preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, STORED_IMAGE_FORMATS, view_specs
+from ..runtime import init_ray
+from ..storage import endpoint_options
+from .decode import DecodeOptions
+from .job import EncodeJobConfig, format_summary, run
+from .model import INFERENCE_PRECISIONS
 
 
 def add_io_args(p: argparse.ArgumentParser) -> None:
@@ -52,54 +48,30 @@ def add_compute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode / write task")
     g.add_argument("--threads", type=int, default=None, help="torch threads inside a model actor")
     g.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+    g.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                    help="auto = bf16 on GPU, fp32 on CPU; bf16 reports its agreement with fp32")
     g.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, the job's cluster, or a new local one)")
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+def dataset_metadata(args: argparse.Namespace, *, codes_per_view: int, image_format: str | None,
+                     **model: Any) -> S.DatasetMetadata:
+    """The metadata of the dataset the job writes; `model`: teacher= / tokenizer= identity and codebook size."""
+    return S.DatasetMetadata(views=args.views, view_specs=tuple(view_specs(args.views)), crop_size=args.resolution,
+                             codes_per_view=codes_per_view, image_format=image_format, **model)
 
 
-def storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    if args.endpoint_url:
-        # fsspec / s3fs and anything that reads the standard variable see the same endpoint.
-        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
-        return {"client_kwargs": {"endpoint_url": args.endpoint_url}}
-    return None
-
-
-def load_job_model(uri: str, option: str):
-    """Fetch (once, cached) and load the model in the driver: fails fast with one line if unavailable."""
-    from titok_core import load_model
-    path = fetch_to_cache(uri, what="model weights", option=option)
-    return path, load_model(path)
-
-
-def init_ray(address: str | None) -> None:
-    import ray
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
-
-
-def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, codes_column: str, keep_image: bool,
-            codes_per_view: int, identity: dict[str, Any], image_format: str, input_suffix: str = ".tar",
-            verify_fraction: float = 0.0) -> int:
+def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, dataset: S.DatasetMetadata,
+            input_suffix: str = ".tar", verify_fraction: float = 0.0) -> int:
     cfg = EncodeJobConfig(
-        input=args.input, output=args.output, model=model_uri, model_option=model_option,
-        codes_column=codes_column, keep_image=keep_image, codes_per_view=codes_per_view, metadata=identity,
-        views=args.views,
-        decode=DecodeOptions(resolution=args.resolution, image_format=image_format, max_pixels=args.max_pixels,
-                             max_aspect_ratio=args.max_aspect_ratio, num_classes=args.num_classes),
+        input=args.input, output=args.output, model=model_uri, model_option=model_option, dataset=dataset,
+        decode=DecodeOptions(resolution=args.resolution, image_format=dataset.image_format or "none",
+                             max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect_ratio,
+                             num_classes=args.num_classes),
         workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.cpus_per_worker, decode_cpus=args.decode_cpus,
         threads=args.threads, batch_size=args.batch_size, precision=args.precision,
-        max_error_rate=args.max_error_rate, overwrite=args.overwrite, storage_options=storage_options(args),
+        max_error_rate=args.max_error_rate, overwrite=args.overwrite,
+        storage_options=endpoint_options(args.endpoint_url),
         input_suffix=input_suffix, verify_fraction=verify_fraction,
     )
     init_ray(args.ray_address)
@@ -108,10 +80,5 @@ def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, code
     return code
 
 
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-__all__ = ["HelpFormatter", "IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "fail",
-           "load_job_model", "model_identity", "run_job", "setup_logging"]
+__all__ = ["STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "dataset_metadata",
+           "run_job"]

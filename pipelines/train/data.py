@@ -19,22 +19,22 @@ order within an epoch are deterministic, so a resumed run sees the batches the l
 
 from __future__ import annotations
 
-import io
 import os
 import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from . import schema
-from .storage import S3_PROTOCOLS, expand_inputs, get_fs, is_local, protocol_of
+from .. import schema
+from ..preprocess import crop_view, decode_stored_image
+from ..schema import DatasetMetadata
+from ..storage import S3_PROTOCOLS, expand_inputs, get_fs, is_local, protocol_of
 
 
 class DatasetError(ValueError):
@@ -49,20 +49,20 @@ class DatasetInfo:
         files: Parquet file URLs, in order.
         rows: total rows (images).
         bytes: total size of the files.
-        metadata: the `titok` schema metadata the precompute job wrote (same in every file).
+        metadata: the dataset metadata the precompute job wrote (same in every file).
     """
 
     files: tuple[str, ...]
     rows: int
-    bytes: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
+    bytes: int
+    metadata: DatasetMetadata
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": list(self.files), "rows": self.rows, "bytes": self.bytes, "metadata": self.metadata}
+        return {"files": list(self.files), "rows": self.rows, "bytes": self.bytes, "metadata": self.metadata.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DatasetInfo":
-        return cls(tuple(d["files"]), int(d["rows"]), int(d.get("bytes", 0)), d["metadata"])
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        return cls(tuple(d["files"]), int(d["rows"]), int(d["bytes"]), DatasetMetadata.from_dict(d["metadata"]))
 
 
 def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetInfo:
@@ -80,15 +80,15 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
     except ValueError as e:
         raise DatasetError(f"--data {data}: {e}; run jobs/precompute_proxy.py to make one") from None
     rows = size = 0
-    first: dict[str, Any] | None = None
+    first: DatasetMetadata | None = None
     for url in files:
         fs, path = get_fs(url, storage_options=storage_options)
         size += fs.size(path)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             arrow_schema, num_rows = pf.schema_arrow, pf.metadata.num_rows
-        file_meta = schema.read_metadata(arrow_schema)
-        if not file_meta or schema.PROXY_CODES not in arrow_schema.names:
+        file_meta = DatasetMetadata.from_schema(arrow_schema)
+        if file_meta is None or file_meta.teacher is None or schema.PROXY_CODES not in arrow_schema.names:
             raise DatasetError(f"--data {data}: {url} is not a proxy-code file (no proxy_codes column or titok "
                                "metadata); point --data at the output of jobs/precompute_proxy.py")
         if first is None:
@@ -103,10 +103,8 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
     return DatasetInfo(tuple(files), rows, size, first)
 
 
-def _layout(meta: dict[str, Any]) -> tuple:
-    teacher = meta.get("teacher", {})
-    return (meta.get("views"), meta.get("crop_size"), meta.get("codes_per_view"), meta.get("proxy_codebook_size"),
-            teacher.get("weights_sha256"))
+def _layout(meta: DatasetMetadata) -> tuple:
+    return meta.views, meta.crop_size, meta.codes_per_view, meta.proxy_codebook_size, meta.model.weights_sha256
 
 
 def check_layout(info: DatasetInfo, *, image_size: int, grid: int, proxy_codebook_size: int,
@@ -118,16 +116,16 @@ def check_layout(info: DatasetInfo, *, image_size: int, grid: int, proxy_codeboo
     """
     m = info.metadata
     checks = [
-        ("crop size", m.get("crop_size"), image_size, "the model's image_size"),
-        ("codes per view", m.get("codes_per_view"), grid * grid, f"the model's {grid}x{grid} proxy grid"),
-        ("proxy codebook size", m.get("proxy_codebook_size"), proxy_codebook_size, "the model's proxy head"),
+        ("crop size", m.crop_size, image_size, "the model's image_size"),
+        ("codes per view", m.codes_per_view, grid * grid, f"the model's {grid}x{grid} proxy grid"),
+        ("proxy codebook size", m.proxy_codebook_size, proxy_codebook_size, "the model's proxy head"),
     ]
     for what, got, want, whose in checks:
         if got != want:
             raise DatasetError(f"--data: the dataset's {what} is {got} but {whose} needs {want}; precompute the "
                                "dataset with the matching teacher / --resolution, or pick the matching --preset")
-    teacher = m.get("teacher", {}).get("config")
-    if teacher is not None and teacher != teacher_config:
+    teacher = m.model.config
+    if teacher != teacher_config:
         diff = sorted(k for k in set(teacher) | set(teacher_config) if teacher.get(k) != teacher_config.get(k))
         raise DatasetError(f"--data: the dataset's teacher differs from the preset's pixel VQGAN in {diff}; "
                            "the proxy codes must come from the MaskGIT-VQGAN the model decodes with")
@@ -203,16 +201,6 @@ def choose_view(seed: int, epoch: int, key: str, num_views: int) -> int:
     return int(np.random.default_rng([seed, epoch, zlib.crc32(key.encode())]).integers(num_views))
 
 
-def crop_view(image: np.ndarray, offset: int, flip: bool, crop: int) -> np.ndarray:
-    """(H, W, 3) base image with min(H, W) == crop -> (crop, crop, 3) at `offset` px along the long
-    side (the short side is whole), mirrored left-right after cropping if `flip` (pipelines.views)."""
-    h, w = image.shape[:2]
-    out = image[offset:offset + crop, :crop] if h > w else image[:crop, offset:offset + crop]
-    if out.shape[:2] != (crop, crop):
-        raise ValueError(f"view at offset {offset} of a {h}x{w} image is not a {crop}x{crop} crop")
-    return np.ascontiguousarray(out[:, ::-1] if flip else out)
-
-
 @dataclass(frozen=True)
 class ViewSampler:
     """Raw dataset batch -> {"images": (B, crop, crop, 3) uint8, "codes": (B, g*g) int64, "views": (B,)}.
@@ -227,20 +215,23 @@ class ViewSampler:
     crop: int
     with_codes: bool = True
 
+    def view_crop(self, batch: dict[str, np.ndarray], i: int, view: int) -> np.ndarray:
+        """Row i's stored view `view`, cropped from its stored base image: (crop, crop, 3) uint8."""
+        image = decode_stored_image(batch[schema.IMAGE][i])
+        if image.shape[:2] != (int(batch[schema.HEIGHT][i]), int(batch[schema.WIDTH][i])):
+            raise ValueError(f"sample {batch[schema.KEY][i]}: stored image is {image.shape[:2]}, its row says "
+                             f"{batch[schema.HEIGHT][i]}x{batch[schema.WIDTH][i]}")
+        return crop_view(image, int(batch[schema.VIEW_OFFSETS][i][view]), bool(batch[schema.VIEW_FLIPS][i][view]),
+                         self.crop)
+
     def __call__(self, batch: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
         n = len(batch[schema.KEY])
         images = np.empty((n, self.crop, self.crop, 3), np.uint8)
         views = np.empty(n, np.int64)
         codes = []
         for i in range(n):
-            key = str(batch[schema.KEY][i])
-            offsets, flips = batch[schema.VIEW_OFFSETS][i], batch[schema.VIEW_FLIPS][i]
-            v = choose_view(self.seed, epoch, key, len(offsets))
-            image = np.asarray(Image.open(io.BytesIO(batch[schema.IMAGE][i])).convert("RGB"))
-            if image.shape[:2] != (int(batch[schema.HEIGHT][i]), int(batch[schema.WIDTH][i])):
-                raise ValueError(f"sample {key}: stored image is {image.shape[:2]}, its row says "
-                                 f"{batch[schema.HEIGHT][i]}x{batch[schema.WIDTH][i]}")
-            images[i] = crop_view(image, int(offsets[v]), bool(flips[v]), self.crop)
+            v = choose_view(self.seed, epoch, str(batch[schema.KEY][i]), len(batch[schema.VIEW_OFFSETS][i]))
+            images[i] = self.view_crop(batch, i, v)
             views[i] = v
             if self.with_codes:
                 codes.append(np.asarray(batch[schema.PROXY_CODES][i][v], dtype=np.int64))

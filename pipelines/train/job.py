@@ -1,122 +1,36 @@
 """The driver of jobs/train_tokenizer.py: check everything, then run Ray Train's TorchTrainer.
 
-    prepare(args)   recipe + overrides, the dataset's files and metadata, the teacher and the
-                    stage-1 checkpoint: every user mistake becomes one `ConfigError` line here,
-                    before any Ray worker starts
-    run(cfg)        Ray Data dataset -> TorchTrainer(train_loop.train_loop_per_worker), checkpoints
-                    and restarts through Ray Train; prints where everything went
+    resolve_run(...)  recipe + overrides, the dataset's files and metadata, the teacher and the
+                      stage-1 checkpoint: every user mistake becomes one `ConfigError` line here,
+                      before any Ray worker starts
+    run(cfg)          Ray Data dataset -> TorchTrainer(loop.train_loop_per_worker), checkpoints and
+                      restarts through Ray Train; prints where everything went
 
-Output layout (`--output`, local or s3://):
-    train_config.json   the resolved job config (recipe, data, workers, ...)
-    checkpoints/        Ray Train run: step_XXXXXXXX/ (state.pt, rng_rank*.pt, train_config.json)
-    metrics.jsonl, metrics.csv, tensorboard/, images/   (pipelines/train_logging.py)
-    model/              the exported model (titok_core.load_model loads it)
+The output layout is in pipelines/train/config.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from .recipes import Recipe, get_recipe
-from .storage import fetch_to_cache, get_fs, is_local, join_url, write_json_atomic
-from .train_data import DatasetError, DatasetInfo, check_layout, inspect_dataset
-from .train_logging import CONFIG_FILE, MODEL_DIR, local_path
-
-CHECKPOINTS = "checkpoints"
-FAIL_AT_STEP_ENV = "TITOK_TRAIN_FAIL_AT_STEP"  # fault injection for tests: SIGKILL the last worker once
-FORWARDED_ENV_PREFIXES = ("AWS_", "TITOK_", "HF_", "TORCH_HOME")
-
-
-class ConfigError(ValueError):
-    """A bad training configuration, found before any worker starts: one line naming the fix."""
-
-
-@dataclass(frozen=True)
-class TrainJobConfig:
-    """One training run, resolved: what the workers receive and what train_config.json records.
-
-    Args:
-        recipe: the stage's recipe with the CLI's overrides applied.
-        data: the proxy dataset as given; dataset: its files, rows and metadata.
-        output: run directory (local path or URL).
-        teacher: MaskGIT-VQGAN weights URI (stage 1: decodes grids; stage 2: initialises the pixel decoder).
-        init: stage-1 model (our directory or an official .bin); required for stage 2.
-        num_workers / use_gpu / cpus_per_worker: Ray Train workers and the resources of each.
-        grad_accum: micro-batches per optimizer step (the global batch stays recipe.batch_size).
-        max_failures: worker-group restarts from the last checkpoint before the run fails.
-        lpips_weights / convnext_weights: local perceptual-backbone weights (stage 2).
-        random_backbones: randomly initialised perceptual backbones (tests / smoke runs only).
-        storage_options: fsspec options for remote data / output (custom S3 endpoint).
-    """
-
-    recipe: Recipe
-    data: str
-    output: str
-    dataset: DatasetInfo
-    teacher: str
-    init: str | None = None
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5
-    grad_accum: int = 1
-    max_failures: int = 3
-    lpips_weights: str | None = None
-    convnext_weights: str | None = None
-    random_backbones: bool = False
-    storage_options: dict | None = None
-
-    def __post_init__(self) -> None:
-        r = self.recipe
-        if self.num_workers < 1 or self.grad_accum < 1:
-            raise ConfigError("--num-workers and --grad-accum must be >= 1")
-        if r.batch_size % (self.num_workers * self.grad_accum):
-            n = self.num_workers * self.grad_accum
-            raise ConfigError(f"--batch-size {r.batch_size} is not divisible by --num-workers {self.num_workers} "
-                              f"x --grad-accum {self.grad_accum}; pick a multiple of {n}")
-        if r.stage == 2 and not self.init:
-            raise ConfigError("--stage 2 fine-tunes a stage-1 model: pass --init <stage-1 output>/model")
-        if self.dataset.rows < r.batch_size // self.grad_accum:
-            raise ConfigError(f"--data {self.data} has {self.dataset.rows} rows, fewer than one step's "
-                              f"{r.batch_size // self.grad_accum} images; lower --batch-size or add data")
-
-    @property
-    def micro_batch(self) -> int:
-        """Images per worker per forward pass."""
-        return self.recipe.batch_size // (self.num_workers * self.grad_accum)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["recipe"] = self.recipe.to_dict()
-        d["dataset"] = self.dataset.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainJobConfig":
-        d = dict(d)
-        d["recipe"] = Recipe.from_dict(d["recipe"])
-        d["dataset"] = DatasetInfo.from_dict(d["dataset"])
-        return cls(**d)
-
+from ..runtime import forwarded_env, init_ray, load_model_uri, model_identity
+from ..storage import get_fs, is_local, join_url, local_path, write_json_atomic
+from .config import CHECKPOINTS_DIR, CONFIG_FILE, MODEL_DIR, ConfigError, TrainJobConfig
+from .data import DatasetError, check_layout, inspect_dataset
+from .recipes import get_recipe
 
 # ------------------------------------------------------------------------------------------------
 # Driver-side checks
 
 
-def _load(uri: str, option: str, what: str):
-    from titok_core import load_model
+def _load(uri: str, option: str, what: str, kinds: tuple[type, ...]):
     try:
-        path = fetch_to_cache(uri, what=what, option=option)
-        return path, load_model(path)
-    except (FileNotFoundError, RuntimeError) as e:
+        return load_model_uri(uri, option=option, what=what, kinds=kinds)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    except ValueError as e:  # CheckpointMismatchError and friends
-        raise ConfigError(f"{option} {uri}: {str(e).splitlines()[0]}") from None
 
 
 def _absolute(uri: str | None) -> str | None:
@@ -131,11 +45,10 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def prepare(*, stage: int, preset: str, data: str, output: str, steps: int | None = None,
-            batch_size: int | None = None, teacher: str | None = None, init: str | None = None,
-            **resources: Any) -> TrainJobConfig:
+def resolve_run(*, stage: int, preset: str, data: str, output: str, steps: int | None = None,
+                batch_size: int | None = None, teacher: str | None = None, init: str | None = None,
+                **resources: Any) -> TrainJobConfig:
     """Resolve and check a run; raises ConfigError (one line) for anything a user got wrong."""
-    from pipelines.encode_stage import model_identity
     from titok_core import PRESETS, MaskGITVQGAN, TiTok, TiTokReleased
 
     if stage == 2 and init is None:
@@ -160,9 +73,7 @@ def prepare(*, stage: int, preset: str, data: str, output: str, steps: int | Non
         raise ConfigError(str(e)) from None
 
     if init is not None:
-        _, start = _load(init, "--init", "stage-1 checkpoint")
-        if not isinstance(start, (TiTok, TiTokReleased)):
-            raise ConfigError(f"--init {init} holds a {type(start).__name__}, not a TiTok")
+        _, start = _load(init, "--init", "stage-1 checkpoint", (TiTok, TiTokReleased))
         if _comparable(start.config.to_dict()) != _comparable(model_cfg.to_dict()):
             raise ConfigError(f"--init {init} is not a {preset} model (its config differs from preset {preset!r}); "
                               "pass the matching --preset")
@@ -170,16 +81,12 @@ def prepare(*, stage: int, preset: str, data: str, output: str, steps: int | Non
     else:
         needs_teacher = True
 
-    recorded = info.metadata.get("teacher", {})
-    teacher = teacher or recorded.get("source")
-    if teacher is None:
-        raise ConfigError(f"--data {data} does not record its teacher; pass --teacher <MaskGIT-VQGAN weights>")
+    recorded = info.metadata.model
+    teacher = teacher or recorded.source
     if needs_teacher:
-        path, model = _load(teacher, "--teacher", "teacher weights")
-        if not isinstance(model, MaskGITVQGAN):
-            raise ConfigError(f"--teacher {teacher} holds a {type(model).__name__}, not a MaskGIT-VQGAN")
-        want = recorded.get("weights_sha256")
-        if want and model_identity(path, model)["weights_sha256"] != want:
+        path, model = _load(teacher, "--teacher", "teacher weights", (MaskGITVQGAN,))
+        want = recorded.weights_sha256
+        if model_identity(path, model)["weights_sha256"] != want:
             raise ConfigError(f"--teacher {teacher} is not the teacher that made --data {data} "
                               f"(weights sha256 differs from {want[:12]}...); pass that teacher's weights")
     try:
@@ -222,10 +129,6 @@ def check_output(cfg: TrainJobConfig) -> dict[str, Any] | None:
 # Ray Train
 
 
-def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-
-
 def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
     """Train (or resume, or do nothing if finished); returns the exit code."""
     done = check_output(cfg)
@@ -239,9 +142,8 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .cli import init_ray
-    from .train_data import build_dataset, pyarrow_filesystem
-    from .train_loop import train_loop_per_worker
+    from .data import build_dataset, pyarrow_filesystem
+    from .loop import train_loop_per_worker
 
     init_ray(ray_address)
     r = cfg.recipe
@@ -261,7 +163,7 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=CHECKPOINTS, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=CHECKPOINTS_DIR, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=r.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
@@ -285,9 +187,9 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
         return 1
     print(f"trained {r.name} to step {done['step']} in {time.perf_counter() - t0:.1f} s\n"
           f"model        {model_url}  (titok_core.load_model)\n"
-          f"checkpoints  {join_url(cfg.output, CHECKPOINTS)}\n"
+          f"checkpoints  {join_url(cfg.output, CHECKPOINTS_DIR)}\n"
           f"metrics      {join_url(cfg.output, 'metrics.jsonl')}, metrics.csv, tensorboard/, images/")
     return 0
 
 
-__all__ = ["ConfigError", "TrainJobConfig", "check_output", "prepare", "run"]
+__all__ = ["ConfigError", "TrainJobConfig", "check_output", "resolve_run", "run"]

@@ -29,15 +29,13 @@ import torch
 import torch.distributed as dist
 
 from titok_core import save_pretrained
-from titok_core.losses import codebook_stats
 
-from .train_data import MATERIALIZE_BELOW_BYTES, ViewSampler, iterate_batches
-from .train_job import CONFIG_FILE, FAIL_AT_STEP_ENV, TrainJobConfig
-from .train_logging import (
+from .config import CONFIG_FILE, FAIL_AT_STEP_ENV, MODEL_DIR, TrainJobConfig
+from .data import MATERIALIZE_BELOW_BYTES, ViewSampler, iterate_batches
+from .outputs import (
     ATTEMPTS,
     METRICS_CSV,
     METRICS_JSONL,
-    MODEL_DIR,
     TENSORBOARD_DIR,
     MetricsLogger,
     RunFiles,
@@ -45,22 +43,23 @@ from .train_logging import (
     replace_dir,
     write_grid,
 )
-from .train_stages import Stage1Task, Stage2Task
+from .stages import Stage1Task, Stage2Task, TrainTask
 
 log = logging.getLogger("titok.train")
 
 
 @dataclass
-class Progress:
-    """Where training is: optimizer steps done, and the data position (epoch, micro-batches each
-    worker read in it, and how many rows such a micro-batch had over all workers)."""
+class TrainPosition:
+    """Where training is, as a checkpoint records it: optimizer steps done, and the data position
+    (epoch, micro-batches each worker read in it, and how many rows such a micro-batch had over
+    all workers)."""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
     rows_per_batch: int = 0
 
-    def rescaled(self, rows_per_batch: int) -> "Progress":
+    def rescaled(self, rows_per_batch: int) -> TrainPosition:
         """The same position for another worker count / micro-batch (resume on a resized cluster)."""
         if not self.rows_per_batch or self.rows_per_batch == rows_per_batch:
             return dataclasses.replace(self, rows_per_batch=rows_per_batch)
@@ -68,7 +67,7 @@ class Progress:
                                    rows_per_batch=rows_per_batch)
 
 
-def make_task(job: TrainJobConfig, device: torch.device) -> Stage1Task | Stage2Task:
+def make_task(job: TrainJobConfig, device: torch.device) -> TrainTask:
     if job.recipe.stage == 1:
         return Stage1Task(job.recipe, device, job.teacher)
     return Stage2Task(job.recipe, device, job.teacher, job.init, lpips_weights=job.lpips_weights,
@@ -90,7 +89,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(task, progress: Progress, job: TrainJobConfig, rank: int, metrics: dict[str, float]) -> None:
+def save_checkpoint(task: TrainTask, progress: TrainPosition, job: TrainJobConfig, rank: int, metrics: dict[str, float]) -> None:
     """Every rank reports into the same checkpoint directory: rank 0 the state, each rank its RNG."""
     import ray.train
     with tempfile.TemporaryDirectory(prefix="titok-ckpt-") as d:
@@ -102,7 +101,7 @@ def save_checkpoint(task, progress: Progress, job: TrainJobConfig, rank: int, me
                          checkpoint_dir_name=f"step_{progress.step:08d}")
 
 
-def load_checkpoint(task, rank: int, device: torch.device) -> Progress | None:
+def load_checkpoint(task: TrainTask, rank: int, device: torch.device) -> TrainPosition | None:
     import ray.train
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
@@ -113,7 +112,7 @@ def load_checkpoint(task, rank: int, device: torch.device) -> Progress | None:
         rng = Path(d) / f"rng_rank{rank}.pt"
         if rng.exists():  # absent when the run restarts with more workers than it had
             _set_rng_state(torch.load(rng, weights_only=False))
-    return Progress(**state["progress"])
+    return TrainPosition(**state["progress"])
 
 
 class Window:
@@ -159,7 +158,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     task = make_task(job, device)
     restored = load_checkpoint(task, rank, device)
-    progress = (restored or Progress()).rescaled(job.micro_batch * world)
+    progress = (restored or TrainPosition()).rescaled(job.micro_batch * world)
     if restored is not None and rank == 0:
         log.info("resumed from checkpoint at step %d (epoch %d, batch %d)",
                  progress.step, progress.epoch, progress.batch)
@@ -174,7 +173,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0") or 0)
 
     if progress.step < recipe.max_steps:
-        sampler = ViewSampler(recipe.seed, int(job.dataset.metadata["crop_size"]), with_codes=task.with_codes)
+        sampler = ViewSampler(recipe.seed, job.dataset.metadata.crop_size, with_codes=task.with_codes)
         batches = iterate_batches(ray.train.get_dataset_shard("train"), sampler, micro_batch=job.micro_batch,
                                   start_epoch=progress.epoch, start_batch=progress.batch,
                                   shuffle_seed=recipe.seed * 1000 + rank, shuffle_buffer=recipe.shuffle_buffer,
@@ -198,13 +197,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if step % recipe.log_every == 0 or final:
                 elapsed = time.perf_counter() - window.t0
                 metrics = window.reduce()
-                if isinstance(task, Stage1Task):
-                    counts = task.code_counts.clone()
-                    if dist.is_initialized():
-                        dist.all_reduce(counts)
-                    metrics["codebook_usage"], metrics["codebook_perplexity"] = codebook_stats(counts)
-                    task.code_counts.zero_()
-                metrics.update(task.lrs())
+                metrics.update(task.log_metrics())
                 metrics["images_per_s"] = window.steps * recipe.batch_size / max(elapsed, 1e-9)
                 metrics["epoch"] = progress.epoch
                 last = metrics
@@ -227,12 +220,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         files.publish(METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR, ATTEMPTS)
 
 
-def export(task, job: TrainJobConfig, progress: Progress, files: RunFiles) -> None:
+def export(task: TrainTask, job: TrainJobConfig, progress: TrainPosition, files: RunFiles) -> None:
     """The (EMA) model in titok_core's format, with what produced it, at <output>/model."""
     recipe = job.recipe
     training = {"stage": recipe.stage, "recipe": recipe.name, "step": progress.step,
                 "ema": recipe.ema_decay is not None, "data": job.data, "init": job.init,
-                "teacher_sha256": job.dataset.metadata.get("teacher", {}).get("weights_sha256")}
+                "teacher_sha256": job.dataset.metadata.model.weights_sha256}
     staging = files.path(MODEL_DIR + ".tmp")
     save_pretrained(task.export_model(), staging, extra={"training": training})
     replace_dir(staging, files.path(MODEL_DIR))

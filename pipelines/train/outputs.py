@@ -4,7 +4,6 @@
     <output>/metrics.csv        the same, fixed columns per stage
     <output>/tensorboard/       event files (scalars; the grids as images)
     <output>/images/step_XXXXXXXX.png   inputs (left) next to reconstructions (right), one row per image
-    <output>/model/             the exported model: model.safetensors + config.json (titok_core format)
     <output>/attempts.jsonl     one line per start of the worker group (first start, failure restarts, reruns)
 
 Only rank 0 writes. For object-store outputs (s3://...) files are written to a local staging
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .storage import get_fs, is_local, join_url
+from ..storage import atomic_write_bytes, default_cache_dir, get_fs, is_local, join_url, local_path
 
 log = logging.getLogger("titok.train")
 
@@ -37,13 +36,7 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 IMAGES_DIR = "images"
-MODEL_DIR = "model"
-CONFIG_FILE = "train_config.json"
 ATTEMPTS = "attempts.jsonl"
-
-
-def local_path(url: str) -> str:
-    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
 
 
 class RunFiles:
@@ -55,8 +48,7 @@ class RunFiles:
         self.remote = not is_local(output)
         if self.remote:
             digest = hashlib.sha256(output.encode()).hexdigest()[:16]
-            cache = os.path.expanduser(os.environ.get("TITOK_CACHE") or "~/.cache/titok-ray")
-            self.root = Path(cache) / "runs" / digest
+            self.root = Path(default_cache_dir()) / "runs" / digest
         else:
             self.root = Path(local_path(output))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -169,12 +161,9 @@ def write_grid(files: RunFiles, step: int, grid: np.ndarray) -> Path:
     """Save a grid as images/step_XXXXXXXX.png (atomically) and publish it."""
     rel = f"{IMAGES_DIR}/step_{step:08d}.png"
     path = files.path(rel)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(grid).save(buf, format="PNG")
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(str(path), buf.getvalue())
     files.publish(rel)
     return path
 

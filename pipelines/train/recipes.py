@@ -23,7 +23,7 @@ from titok_core.discriminator import DISCRIMINATOR_PRESETS, DiscriminatorConfig
 from titok_core.losses import PERCEPTUAL_KINDS
 from titok_core.presets import PRESETS
 
-PRECISIONS = ("fp16", "bf16", "fp32")
+MIXED_PRECISIONS = ("fp16", "bf16", "fp32")  # autocast dtypes of a training recipe on GPU
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class Recipe:
             raise ValueError("a stage-2 recipe needs gan=GANConfig(...); a stage-1 recipe must not have one")
         if self.model not in PRESETS:
             raise ValueError(f"unknown model preset {self.model!r}; choose one of {sorted(PRESETS)}")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r}: use one of {PRECISIONS}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision {self.mixed_precision!r}: use one of {MIXED_PRECISIONS}")
         for name in ("batch_size", "max_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -1,4 +1,4 @@
-"""The two TiTok training stages as tasks the Ray Train loop (train_loop.py) drives.
+"""The two TiTok training stages as tasks the Ray Train loop (loop.py) drives (`TrainTask`).
 
 A task owns its models, optimizers, schedules, EMA and losses, and knows how to take one optimizer
 step over a list of micro-batches (gradient accumulation), what to draw in an image grid, what its
@@ -16,142 +16,59 @@ Legend: B micro-batch, H W crop, g proxy grid side, C tokenizer codebook size.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from titok_core import PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTok, TiTokReleased, load_model
+from titok_core import PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTok, TiTokReleased
 from titok_core.discriminator import PatchDiscriminator
 from titok_core.ema import EMA
 from titok_core.losses import (
     LeCamEMA,
     adaptive_gan_weight,
-    build_perceptual_loss,
     hinge_d_loss,
     hinge_g_loss,
     proxy_code_accuracy,
     proxy_code_loss,
-    psnr,
     reconstruction_loss,
 )
+from titok_core.metrics import codebook_stats, psnr
 
-from .recipes import OptimizerConfig, Recipe
-from .storage import fetch_to_cache
-
-
-# ------------------------------------------------------------------------------------------------
-# Optimisation pieces shared by both stages
-
-
-def _no_decay(name: str, p: Tensor) -> bool:
-    # The official exclusion rule (utils/train_utils.py create_optimizer): vectors, norms, biases,
-    # embeddings and learned tokens get no weight decay. "embed" also matches patch_embed and
-    # decoder_embed, as it does there.
-    keys = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
-    return p.ndim < 2 or any(k in name for k in keys)
+from ..preprocess import to_model_input, to_uint8
+from ..runtime import load_model_uri, perceptual_loss
+from .optim import ScheduledOptimizer, autocast, no_sync, wrap_ddp
+from .recipes import Recipe
 
 
-def make_adamw(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, two groups: with and without weight decay."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if _no_decay(n, p)], "weight_decay": 0.0},
-        {"params": [p for n, p in named if not _no_decay(n, p)], "weight_decay": cfg.weight_decay},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+class TrainTask(Protocol):
+    """What the shared loop (loop.py) needs from a training task."""
 
+    metrics: list[str]  # the per-step metric names, in the order the CSV shows them
+    with_codes: bool  # whether batches must carry the chosen views' proxy codes
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):
-    """Linear warm-up to cfg.lr, then a half cosine down to cfg.end_lr at `total_steps`."""
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return step / max(1, cfg.warmup_steps)
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-        return (cfg.end_lr + (cfg.lr - cfg.end_lr) * cosine) / cfg.lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def train_step(self, batches: list[dict[str, np.ndarray]], step: int) -> dict[str, Tensor]:
+        """One optimizer step over micro-batches (gradient accumulation); per-step metric tensors."""
 
+    def log_metrics(self) -> dict[str, float]:
+        """Metrics known only at a log step (learning rates, window statistics), reduced over workers."""
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision on GPU only; CPU runs fp32 (bf16 there needs AMX and channels-last to pay off)."""
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    def grid(self, batch: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, outputs) uint8 NHWC for an image grid."""
 
+    def export_model(self) -> nn.Module:
+        """The model to save at the end (the EMA weights when the recipe keeps an EMA)."""
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel over the trainable parameters when more than one worker runs."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    def state_dict(self) -> dict[str, Any]: ...
 
-
-def no_sync(module: nn.Module, sync: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
-    if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return module.no_sync()
-
-
-def to_images(batch: dict[str, np.ndarray], device: torch.device) -> Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on device."""
-    x = torch.from_numpy(batch["images"]).to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(B, 3, H, W) float -> (B, H, W, 3) uint8, clamped to [0, 1]."""
-    return (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    def load_state_dict(self, sd: dict[str, Any]) -> None: ...
 
 
 def load_teacher(uri: str, device: torch.device) -> MaskGITVQGAN:
-    teacher = load_model(fetch_to_cache(uri, what="teacher weights", option="--teacher"))
-    if not isinstance(teacher, MaskGITVQGAN):
-        raise ValueError(f"--teacher {uri} holds a {type(teacher).__name__}, not a MaskGIT-VQGAN")
+    teacher = load_model_uri(uri, option="--teacher", what="teacher weights", kinds=(MaskGITVQGAN,)).model
     return teacher.to(device).eval().requires_grad_(False)
-
-
-class _Optimised:
-    """One model's optimizer + schedule + optional fp16 grad scaler, stepped with clipping."""
-
-    def __init__(self, model: nn.Module, cfg: OptimizerConfig, total_steps: int, fp16: bool):
-        self.model, self.cfg = model, cfg
-        self.opt = make_adamw(model, cfg)
-        self.sched = cosine_with_warmup(self.opt, cfg, total_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-
-    def backward(self, loss: Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
-    def step(self) -> Tensor:
-        """Unscale, clip (returns the pre-clip global grad norm), step, schedule, zero."""
-        self.scaler.unscale_(self.opt)
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        limit = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, limit)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        return norm.detach()
-
-    @property
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.opt.load_state_dict(sd["opt"])
-        self.sched.load_state_dict(sd["sched"])
-        self.scaler.load_state_dict(sd["scaler"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,7 +89,7 @@ class Stage1Task:
         self.model = TiTok(cfg).to(device).train()
         self.ddp = wrap_ddp(self.model, device)
         fp16 = device.type == "cuda" and recipe.mixed_precision == "fp16"
-        self.optim = _Optimised(self.model, recipe.optimizer, recipe.max_steps, fp16)
+        self.optim = ScheduledOptimizer(self.model, recipe.optimizer, recipe.max_steps, fp16)
         self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
         self.code_counts = torch.zeros(cfg.codebook_size, dtype=torch.float64, device=device)
         self._teacher: MaskGITVQGAN | None = None
@@ -180,7 +97,7 @@ class Stage1Task:
     def train_step(self, batches: list[dict[str, np.ndarray]], step: int) -> dict[str, Tensor]:
         sums: dict[str, Tensor] = {}
         for i, batch in enumerate(batches):
-            images = to_images(batch, self.device)
+            images = to_model_input(batch["images"], self.device)
             codes = torch.from_numpy(batch["codes"]).to(self.device, non_blocking=True)
             with no_sync(self.ddp, i == len(batches) - 1):
                 with autocast(self.device, self.recipe.mixed_precision):
@@ -197,8 +114,14 @@ class Stage1Task:
             self.ema.update(self.model)
         return sums
 
-    def lrs(self) -> dict[str, float]:
-        return {"lr": self.optim.lr}
+    def log_metrics(self) -> dict[str, float]:
+        """The learning rate, and codebook usage / perplexity of the tokens since the last log step."""
+        counts = self.code_counts.clone()
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        self.code_counts.zero_()
+        usage, perplexity = codebook_stats(counts)
+        return {"codebook_usage": usage, "codebook_perplexity": perplexity, "lr": self.optim.lr}
 
     @torch.no_grad()
     def grid(self, batch: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +129,7 @@ class Stage1Task:
         if self._teacher is None:
             self._teacher = load_teacher(self.teacher_uri, self.device)
         model = self.export_model()
-        images = to_images({"images": batch["images"][:n]}, self.device)
+        images = to_model_input(batch["images"][:n], self.device)
         logits, _ = model(images)
         codes = logits.argmax(1).flatten(1)
         return batch["images"][:n], to_uint8(self._teacher.decode(codes))
@@ -241,7 +164,7 @@ class Stage2Task:
                  pretrained_backbones: bool = True):
         assert recipe.gan is not None and init is not None
         self.recipe, self.gan, self.device = recipe, recipe.gan, device
-        start = load_model(fetch_to_cache(init, what="stage-1 checkpoint", option="--init"))
+        start = load_model_uri(init, option="--init", what="stage-1 checkpoint", kinds=(TiTok, TiTokReleased)).model
         if isinstance(start, TiTokReleased):
             model = start
         else:
@@ -252,17 +175,17 @@ class Stage2Task:
             part.requires_grad_(False).eval()
         self.ddp = wrap_ddp(self.model, device)
         fp16 = device.type == "cuda" and recipe.mixed_precision == "fp16"
-        self.optim = _Optimised(self.model, recipe.optimizer, recipe.max_steps, fp16)
+        self.optim = ScheduledOptimizer(self.model, recipe.optimizer, recipe.max_steps, fp16)
         self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
 
         torch.manual_seed(recipe.seed + 1)
         self.disc = PatchDiscriminator(self.gan.discriminator).to(device).train()
         self.ddp_disc = wrap_ddp(self.disc, device)
         d_steps = max(1, recipe.max_steps - self.gan.discriminator_start)
-        self.d_optim = _Optimised(self.disc, self.gan.discriminator_optimizer, d_steps, fp16)
+        self.d_optim = ScheduledOptimizer(self.disc, self.gan.discriminator_optimizer, d_steps, fp16)
         self.lecam = LeCamEMA(self.gan.lecam_ema_decay).to(device)
-        self.perceptual = build_perceptual_loss(self.gan.perceptual, pretrained_backbones, lpips_weights,
-                                                convnext_weights, self.gan.perceptual_resize).to(device)
+        self.perceptual = perceptual_loss(self.gan.perceptual, pretrained_backbones, lpips_weights,
+                                          convnext_weights, self.gan.perceptual_resize).to(device)
 
     def _gan_on(self, step: int) -> bool:
         return step >= self.gan.discriminator_start and self.gan.discriminator_factor > 0
@@ -277,7 +200,7 @@ class Stage2Task:
 
         pairs = []
         for i, batch in enumerate(batches):
-            images = to_images(batch, self.device)
+            images = to_model_input(batch["images"], self.device)
             with no_sync(self.ddp, i == n - 1):
                 with autocast(self.device, self.recipe.mixed_precision):
                     recon, _ = self.ddp(images)
@@ -318,13 +241,13 @@ class Stage2Task:
             add("d_grad_norm", self.d_optim.step())
         return sums
 
-    def lrs(self) -> dict[str, float]:
+    def log_metrics(self) -> dict[str, float]:
         return {"lr": self.optim.lr, "d_lr": self.d_optim.lr}
 
     @torch.no_grad()
     def grid(self, batch: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and the (EMA) model's reconstructions."""
-        images = to_images({"images": batch["images"][:n]}, self.device)
+        images = to_model_input(batch["images"][:n], self.device)
         recon, _ = self.export_model()(images)
         return batch["images"][:n], to_uint8(recon)
 
