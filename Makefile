@@ -41,8 +41,10 @@ demo: setup
 demo-pretrained: setup
 	$(PY) jobs/demo.py --pretrained --output runs/demo-pretrained $(if $(TOKENIZER),--tokenizer $(TOKENIZER),)
 
+# Every benchmark, one after the other (each prints its own side-by-side ratios).
 bench: setup
-	$(PY) benchmarks/teacher_encode.py
+	@for b in benchmarks/*.py; do [ "$$b" = benchmarks/common.py ] && continue; \
+	  echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

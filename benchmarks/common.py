@@ -16,9 +16,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.images import decode_and_preprocess  # noqa: E402
+from pipelines.preprocess import (  # noqa: E402
+    View,
+    apply_view,
+    decode_and_preprocess,  # noqa: E402
+)
 from pipelines.shards import SourceImage, collect_images, pack  # noqa: E402
-from pipelines.views import View, apply_view  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 

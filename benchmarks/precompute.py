@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import torch
 
 from common import make_workdir, plain_loop, report, sample_images, side_by_side, timed_job
-
 from jobs.precompute_proxy import main as precompute
 from titok_core import VQGAN_PRESETS, MaskGITVQGAN
 

@@ -14,24 +14,23 @@ The tokenizer's encoder is not needed to turn tokens into pixels, so it is never
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import statistics
 import sys
-from pathlib import Path
+import time
 
-# Run as a script, this directory comes first on sys.path, and its tokenize.py would shadow the
-# standard library's (imported by inspect, i.e. by torch): drop it, add the repo instead.
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+import torch
+from torch import nn
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from titok_core import (  # noqa: E402
-    GENERATOR_PRESETS, PRESETS, SAMPLING_PRESETS, SamplingConfig, TiTokReleased, build_generator, generate,
+from titok_core import (
+    GENERATOR_PRESETS,
+    PRESETS,
+    SAMPLING_PRESETS,
+    SamplingConfig,
+    TiTokReleased,
+    build_generator,
+    generate,
 )
 
 

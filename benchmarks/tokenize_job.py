@@ -1,6 +1,6 @@
 """The tokenize job (Ray Data) vs a plain single-process PyTorch loop, same images, same tokenizer.
 
-    python benchmarks/tokenize.py [--images 48] [--repeats 3] [--preset S-128]
+    python benchmarks/tokenize_job.py [--images 48] [--repeats 3] [--preset S-128]
 
 Both sides: a TiTok of the given size (stage-1 form: encoding needs no pixel decoder) with random
 weights, 256x256 centre crops of real ImageNet JPEGs, fp32, batch 8. The plain loop writes
@@ -9,21 +9,12 @@ nothing; the job reads tar shards and writes token Parquet + commit records. Med
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import shutil
 
-# This file's name shadows the standard library's `tokenize` (which `inspect` imports): search this
-# folder last, so `import tokenize` finds the standard library and `import common` still works.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
-
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 from common import make_workdir, plain_loop, report, sample_images, side_by_side, timed_job
-
 from jobs.tokenize_dataset import main as tokenize
 from titok_core import PRESETS, TiTok, save_pretrained
 

@@ -14,29 +14,23 @@ Images/s are medians over rounds; the ratio is printed last.
 
 from __future__ import annotations
 
+import argparse
+import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
-# Run as a script, this directory comes first on sys.path, and its tokenize.py would shadow the
-# standard library's (imported by inspect, i.e. by numpy and torch): drop it, add the repo instead.
+import numpy as np
+import torch
+
+from pipelines.preprocess import View, apply_view, decode_and_preprocess
+from pipelines.shards import collect_images
+from pipelines.train.recipes import get_recipe
+from pipelines.train.stages import Stage1Task
+from titok_core import PRESETS, VQGAN_PRESETS, MaskGITVQGAN
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pipelines.images import decode_and_preprocess  # noqa: E402
-from pipelines.recipes import get_recipe  # noqa: E402
-from pipelines.shards import collect_images  # noqa: E402
-from pipelines.train_stages import Stage1Task  # noqa: E402
-from pipelines.views import View, apply_view  # noqa: E402
-from titok_core import PRESETS, VQGAN_PRESETS, MaskGITVQGAN  # noqa: E402
-
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 
 

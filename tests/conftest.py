@@ -7,12 +7,18 @@ from pathlib import Path
 
 import corpus
 import pytest
-from s3_server import S3Server, running_s3_server
 
 # The Ray / shard / tiny-model fixtures of the job tests, registered once for the whole session.
 from pipeline_fixtures import (  # noqa: E402,F401
-    bad_corpus, many_shards, ray_head, ray_local, sample_labels, sample_shards, tiny_teacher,
+    bad_corpus,
+    many_shards,
+    ray_head,
+    ray_local,
+    sample_labels,
+    sample_shards,
+    tiny_teacher,
 )
+from s3_server import S3Server, running_s3_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

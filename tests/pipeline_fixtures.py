@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import corpus
 import pytest
 import torch
 
-import corpus
 import pipelines.quarantine as q
 from pipelines.shards import collect_images, pack, write_shards
 from titok_core import VQGAN_PRESETS, MaskGITVQGAN

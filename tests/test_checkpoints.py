@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,11 @@ import torch
 
 from titok_core import PRESETS, VQGAN_PRESETS, MaskGITVQGAN, TiTok, TiTokReleased, load_model, save_pretrained
 from titok_core.checkpoints import (
-    CheckpointMismatchError, infer_titok_config, infer_vqgan_config, official_to_ours, ours_to_official,
+    CheckpointMismatchError,
+    infer_titok_config,
+    infer_vqgan_config,
+    official_to_ours,
+    ours_to_official,
 )
 from titok_core.presets import TiTokConfig, VQGANConfig
 

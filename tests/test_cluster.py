@@ -37,7 +37,6 @@ import yaml
 from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -472,7 +471,7 @@ def test_every_cluster_job_has_checked_commands() -> None:
 def test_job_command_parses_with_the_jobs_own_flags(cmd: JobCommand) -> None:
     args = parse_job(cmd)
     if isinstance(args, argparse.Namespace) and hasattr(args, "views"):
-        from pipelines.views import view_specs
+        from pipelines.preprocess import view_specs
         view_specs(args.views)  # a bad view set would only fail on the cluster, after start-up
     preset = getattr(args, "preset", None)
     if preset is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 from PIL import Image
 
 from jobs.demo import main as demo_main
-from pipelines.demo import DemoConfig, run_demo
+from jobs.demo import run_demo
+from pipelines.demo_report import DemoConfig
 from titok_core import VQGAN_PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTokReleased
 from titok_core.checkpoints import ours_to_official
 from titok_core.presets import TiTokConfig

@@ -12,8 +12,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from titok_core import (
-    GENERATOR_PRESETS, PRESETS, SAMPLING_PRESETS, BertGeneratorConfig, SamplingConfig, UViTGeneratorConfig,
-    build_generator, conformance, generate, get_generator_preset, load_model, mask_tokens, masked_token_loss,
+    GENERATOR_PRESETS,
+    PRESETS,
+    SAMPLING_PRESETS,
+    BertGeneratorConfig,
+    SamplingConfig,
+    UViTGeneratorConfig,
+    build_generator,
+    conformance,
+    generate,
+    get_generator_preset,
+    load_model,
+    mask_tokens,
+    masked_token_loss,
     save_pretrained,
 )
 from titok_core.checkpoints import CheckpointMismatchError, generator_ours_to_official, infer_generator_config

@@ -10,8 +10,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pipelines import quarantine as q
-from pipelines.images import decode_and_preprocess
-from pipelines.views import View, apply_view, view_specs
+from pipelines.preprocess import View, apply_view, decode_and_preprocess, view_specs
 
 
 def official_base(data: bytes) -> Image.Image:

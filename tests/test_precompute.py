@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 import torch
 from PIL import Image
+from pipeline_fixtures import committed_shards, s3_with_shards
 
 from jobs.precompute_proxy import main
-from pipeline_fixtures import committed_shards, s3_with_shards
-from pipelines.views import View, apply_view
-from pipelines.encode_stage import prepare
+from pipelines.encode.model import inference_layout
+from pipelines.preprocess import View, apply_view
 from titok_core import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ def test_codes_are_the_teachers_codes_of_the_stored_pixels(ray_local, sample_sha
     assert len(df) == n_images and df.key.is_unique
     assert {k: int(v) for k, v in zip(df.key, df.label)} == {k: sample_labels[k] for k in df.key}
     # the job's inference layout (channels-last): a random teacher has near-ties that layout can flip
-    teacher = prepare(load_model(tiny_teacher), torch.device("cpu"))
+    teacher = inference_layout(load_model(tiny_teacher), torch.device("cpu"))
     for row in df.itertuples():
         pixels = np.asarray(Image.open(io.BytesIO(row.image)))
         assert min(pixels.shape[:2]) == 256 and (row.height, row.width) == pixels.shape[:2]

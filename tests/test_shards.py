@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 from corpus import encode, gradient
-from jobs.make_shards import main
 
+from jobs.make_shards import main
 from pipelines.shards import collect_images, pack
 from pipelines.storage import expand_inputs
 from pipelines.tar_reader import Sample, iter_samples

@@ -4,11 +4,10 @@ import io
 import tarfile
 
 import pytest
-
 from corpus import encode, gradient
 
 from pipelines import quarantine as q
-from pipelines.images import decode_and_preprocess
+from pipelines.preprocess import decode_and_preprocess
 from pipelines.shards import write_shards
 from pipelines.tar_reader import Sample, iter_samples
 

@@ -17,13 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from pipeline_fixtures import committed_shards, s3_with_shards
 
 from jobs.precompute_proxy import main as precompute
 from jobs.tokenize_dataset import main
-from pipeline_fixtures import committed_shards, s3_with_shards
-from pipelines.images import decode_and_preprocess
+from pipelines.preprocess import View, apply_view, decode_and_preprocess
 from pipelines.shards import collect_images
-from pipelines.views import View, apply_view
 from titok_core import PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTok, TiTokReleased, load_model, save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from pipeline_fixtures import SAMPLE
 
 from jobs.precompute_proxy import main as precompute
 from jobs.train_tokenizer import main as train
-from pipelines.train_data import crop_view
-from pipelines.train_job import FAIL_AT_STEP_ENV
+from pipelines.encode.model import inference_layout
+from pipelines.preprocess import apply_view, crop_view, decode_and_preprocess, to_model_input, view_specs
+from pipelines.train.config import FAIL_AT_STEP_ENV
+from pipelines.train.data import ViewSampler
 from titok_core import PRESETS, VQGAN_PRESETS, MaskGITVQGAN, TiTok, TiTokReleased, load_model, save_pretrained
 from titok_core.losses import proxy_code_accuracy
 
@@ -49,6 +52,35 @@ def views_and_codes(proxy: Path) -> tuple[torch.Tensor, torch.Tensor]:
             crops.append(crop_view(image, offset, flip, 256))
             codes.append(np.asarray(c, np.int64))
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(np.stack(codes))
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_training_crops_every_stored_view_exactly_as_precompute_encoded_it(
+        image_format, proxy, ray_local, sample_shards, tiny_teacher, tmp_path):
+    """The training reader's crop of stored view v is the crop the teacher saw for v: its codes are the
+    stored codes, and with lossless storage it is the official preprocessing of the original JPEG."""
+    data = proxy
+    if image_format != "png":
+        data = tmp_path / "proxy"
+        assert precompute(["--input", sample_shards[0], "--output", str(data), "--teacher", tiny_teacher,
+                           "--views", "offsets-2", "--image-format", image_format]) == 0
+    teacher = inference_layout(load_model(tiny_teacher), torch.device("cpu"))
+    sampler = ViewSampler(seed=0, crop=256)
+    table = pq.read_table(data)
+    batch = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+    views = view_specs("offsets-2")
+    originals = {p.stem: p.read_bytes() for p in SAMPLE.glob("*.JPEG")}
+    checked = 0
+    for i, key in enumerate(batch["key"]):
+        crops = np.stack([sampler.view_crop(batch, i, v) for v in range(len(views))])
+        codes = teacher.encode(to_model_input(crops)).numpy()
+        np.testing.assert_array_equal(codes, np.stack(batch["proxy_codes"][i]).astype(np.int64))
+        if image_format == "png":
+            base = decode_and_preprocess(originals[key])
+            for v, view in enumerate(views):
+                np.testing.assert_array_equal(crops[v], apply_view(base, view))
+        checked += len(views)
+    assert checked == 12 * 4
 
 
 @pytest.fixture(scope="module")

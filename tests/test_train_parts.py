@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.recipes import RECIPES, get_recipe
-from pipelines.train_data import choose_view, crop_view
-from pipelines.train_logging import make_grid
-from pipelines.train_stages import _no_decay, cosine_with_warmup, make_adamw
-from pipelines.views import View, apply_view
+from pipelines.preprocess import View, apply_view, crop_view
+from pipelines.train.data import choose_view
+from pipelines.train.optim import _no_decay, cosine_with_warmup, make_adamw
+from pipelines.train.outputs import make_grid
+from pipelines.train.recipes import RECIPES, get_recipe
 from titok_core import PRESETS, TiTok
 from titok_core.discriminator import DISCRIMINATOR_PRESETS, PatchDiscriminator
 from titok_core.ema import EMA
@@ -21,12 +21,12 @@ from titok_core.losses import (
     MissingWeightsError,
     PerceptualLoss,
     adaptive_gan_weight,
-    codebook_stats,
     hinge_d_loss,
     hinge_g_loss,
     proxy_code_accuracy,
     proxy_code_loss,
 )
+from titok_core.metrics import codebook_stats
 
 
 def test_proxy_code_loss_is_cross_entropy_over_the_grid():
