@@ -29,8 +29,8 @@ from .checkpoints import generator_official_to_ours, load_state_dict_strict, off
 from .generator import GeneratorConfig, build_generator
 from .masking import mask_tokens
 from .presets import TiTokConfig, VQGANConfig
-from .sampling import SamplingConfig, generate
 from .quantizer import VectorQuantizer
+from .sampling import SamplingConfig, generate
 from .titok import TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN, VQGANQuantizer
 

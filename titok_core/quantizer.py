@@ -9,7 +9,6 @@ Legend: B batch, C token_size, N latent tokens, K codebook size.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 
 import torch
