@@ -24,7 +24,8 @@ MISSING_LABEL = "missing_label"  # a key with no cls member
 BAD_LABEL = "bad_label"  # cls member is not an ASCII integer
 LABEL_OUT_OF_RANGE = "label_out_of_range"  # label < 0 or >= num_classes
 DUPLICATE_KEY = "duplicate_key"  # key seen before in the shard, or two members for one slot
-JUNK_MEMBER = "junk_member"  # member with another extension, or not a regular file (drops only the member)
+JUNK_MEMBER = "junk_member"  # member no reader could use: no extension, an unknown one, not a regular file (drops only the member)
+DOT_IN_NAME = "dot_in_name"  # `a.v2.jpg`: WebDataset ends the key at the first dot, so this is key `a`, extension `v2.jpg`
 TRUNCATED_TAR = "truncated_tar"  # the shard ends in the middle of a header or a member
 CORRUPT_TAR = "corrupt_tar"  # not a tar, or a damaged header part-way through
 UNREADABLE_SHARD = "unreadable_shard"  # the shard could not be opened or read (missing, I/O error)
@@ -33,7 +34,7 @@ IMAGE_REASONS = frozenset({
     EMPTY, UNDECODABLE, TRUNCATED, DECOMPRESSION_BOMB, TOO_LARGE, EXTREME_ASPECT_RATIO, UNSUPPORTED_FORMAT,
 })
 TAR_REASONS = frozenset({
-    MISSING_IMAGE, MISSING_LABEL, BAD_LABEL, LABEL_OUT_OF_RANGE, DUPLICATE_KEY, JUNK_MEMBER,
+    MISSING_IMAGE, MISSING_LABEL, BAD_LABEL, LABEL_OUT_OF_RANGE, DUPLICATE_KEY, JUNK_MEMBER, DOT_IN_NAME,
     TRUNCATED_TAR, CORRUPT_TAR, UNREADABLE_SHARD,
 })
 REASONS = IMAGE_REASONS | TAR_REASONS

@@ -8,13 +8,19 @@ WebDataset way:
 - key = member path up to the first dot of its basename, extension = the rest, lower-cased
   (`train/n01_hen.JPEG` -> key `train/n01_hen`, extension `jpeg`);
 - consecutive members with the same key form one sample; image members are jpg / jpeg / png / webp,
-  the label is the `cls` member (an ASCII integer).
+  the label is the `cls` member (an ASCII integer);
+- companion members that shards in the wild carry beside each image (img2dataset writes `.json`
+  and `.txt`; others `.npy`, captions, URLs: `COMPANION_EXTENSIONS`) belong to the sample and are
+  ignored.
 
 Records (see `pipelines.quarantine`): a sample is dropped with missing_image, missing_label,
-bad_label, label_out_of_range or duplicate_key (key seen earlier in the shard, the same extension
-twice, or two image members); `junk_member` drops only that member (other extension, no extension,
-not a regular file). A shard that ends early yields every sample completed before the cut, then
-one `truncated_tar` record; a damaged header gives `corrupt_tar`, an unopenable shard `unreadable_shard`.
+bad_label, label_out_of_range or duplicate_key (key seen earlier in the shard, also by the sample
+just before it, the same extension twice in one sample, or two image members; the first sample
+with a key is kept); `junk_member` drops only that member (no extension, an unknown one, not a
+regular file); `dot_in_name` names a member like `n01_tench.v2.jpg`, whose key ends at the first
+dot by the WebDataset convention, so that its extension `v2.jpg` is neither an image nor a label.
+A shard that ends early yields every sample completed before the cut, then one `truncated_tar`
+record; a damaged header gives `corrupt_tar`, an unopenable shard `unreadable_shard`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import fsspec
 from .quarantine import (
     BAD_LABEL,
     CORRUPT_TAR,
+    DOT_IN_NAME,
     DUPLICATE_KEY,
     JUNK_MEMBER,
     LABEL_OUT_OF_RANGE,
@@ -44,6 +51,10 @@ from .storage import StorageOptions, get_fs
 # In the official reader's preference order (`wds.rename(image="jpg;png;jpeg;webp")`).
 IMAGE_EXTENSIONS = ("jpg", "png", "jpeg", "webp")
 LABEL_EXTENSION = "cls"
+# Per-sample metadata shards carry beside the image: part of the sample, not used by these jobs.
+COMPANION_EXTENSIONS = frozenset({
+    "json", "txt", "text", "caption", "captions", "url", "id", "meta", "npy", "npz", "xml", "csv", "tsv", "yaml",
+})
 # webdataset's `base_plus_ext`: directory part + basename up to its first dot, then the rest.
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -82,6 +93,7 @@ class _Group:
 
     key: str
     members: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # ext -> (member name, data)
+    companions: list[str] = field(default_factory=list)  # names of ignored companion members
     problem: str | None = None  # a duplicate_key detail, once one is found
 
 
@@ -100,7 +112,7 @@ def iter_samples(
         fs: filesystem to read with; default `storage.get_fs(url, storage_options=...)`.
         storage_options: fsspec options when `fs` is not given.
         num_classes: labels must lie in [0, num_classes); None checks only label >= 0.
-        ignore_extensions: extra member extensions to skip silently (e.g. {"json", "txt"}).
+        ignore_extensions: member extensions to ignore like companions, beyond COMPANION_EXTENSIONS (e.g. {"mp4"}).
     """
     ignore = {e.lower() for e in ignore_extensions}
     try:
@@ -123,12 +135,15 @@ def iter_samples(
         with raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_recording_tarinfo(stop)) as tar:
             for info in tar:
                 parsed = split_member_name(info.name) if info.isreg() else None
-                if parsed is None:
+                if parsed is None or not parsed[1]:
                     kind = "no extension" if info.isreg() else f"not a regular file (tar type {info.type!r})"
                     yield SampleErrorRecord("", url, info.name, JUNK_MEMBER, kind)
                     continue
                 key, ext = parsed
-                if group is None or key != group.key:
+                # Two samples in a row with one key: the first is complete when the second's first member repeats
+                # an extension, so it is kept, and the second is a duplicate like a later reuse of the key.
+                again = group is not None and key == group.key and ext in group.members and _is_complete(group)
+                if group is None or key != group.key or again:
                     if group is not None:
                         for out in _finish(group, url, num_classes):
                             completed += isinstance(out, Sample)
@@ -138,7 +153,12 @@ def iter_samples(
                         group.problem = "key already used by an earlier sample of this shard"
                     seen.add(key)
                 if ext not in IMAGE_EXTENSIONS and ext != LABEL_EXTENSION:
-                    if ext not in ignore:
+                    last = ext.rsplit(".", 1)[-1]
+                    if last in COMPANION_EXTENSIONS or ext in ignore:
+                        group.companions.append(info.name)
+                    elif "." in ext and (last in IMAGE_EXTENSIONS or last == LABEL_EXTENSION):
+                        yield SampleErrorRecord(key, url, info.name, DOT_IN_NAME, _dot_detail(info.name, key, ext))
+                    else:
                         yield SampleErrorRecord(key, url, info.name, JUNK_MEMBER, f"unexpected extension .{ext}")
                     continue
                 reading = info.name
@@ -169,6 +189,9 @@ def _finish(
     With `cut_short`, a group missing its image or label was cut by the end of the shard and is
     reported by the truncation record instead."""
     if not group.members:
+        if group.companions and not cut_short:  # metadata without its image
+            yield SampleErrorRecord(group.key, url, group.companions[0], MISSING_IMAGE,
+                                    f"sample has only {', '.join(repr(c) for c in group.companions[:3])}")
         return
     first_member = next(iter(group.members.values()))[0]
     images = [ext for ext in IMAGE_EXTENSIONS if ext in group.members]
@@ -194,6 +217,12 @@ def _finish(
         yield SampleErrorRecord(group.key, url, label_member, LABEL_OUT_OF_RANGE, f"label {label} not in [0{upper})")
         return
     yield Sample(group.key, url, image_member, image, images[0], label)
+
+
+def _dot_detail(member: str, key: str, ext: str) -> str:
+    return (f"{member!r} is key {key!r} with extension .{ext}: a WebDataset key ends at the first dot of the file "
+            f"name, so .{ext} is neither an image nor a label; rename the file without dots before its extension "
+            "(jobs/make_shards.py turns them into '_')")
 
 
 def _is_complete(group: _Group) -> bool:

@@ -54,7 +54,7 @@ def test_every_structural_defect_has_its_reason(tmp_path):
         ("twice.jpg", JPEG), ("twice.cls", b"1"),  # key reused later in the shard
         ("dupext.jpg", JPEG), ("dupext.jpg", JPEG), ("dupext.cls", b"1"),
         ("twoimg.jpg", JPEG), ("twoimg.png", JPEG), ("twoimg.cls", b"1"),
-        ("extra.jpg", JPEG), ("extra.txt", b"hello"), ("extra.cls", b" 5\n"),
+        ("extra.jpg", JPEG), ("extra.xyz", b"hello"), ("extra.cls", b" 5\n"),
         ("adir", None),
         ("README", b"no extension"),
         ("sub/Deep.JPEG", JPEG), ("sub/Deep.cls", b"4"),
@@ -72,7 +72,7 @@ def test_every_structural_defect_has_its_reason(tmp_path):
         ("twice", q.DUPLICATE_KEY),
         ("dupext", q.DUPLICATE_KEY),
         ("twoimg", q.DUPLICATE_KEY),
-        ("extra", q.JUNK_MEMBER),  # only the .txt member is dropped ...
+        ("extra", q.JUNK_MEMBER),  # only the .xyz member is dropped ...
         ("", q.JUNK_MEMBER),  # directory (members without a key do not end a sample)
         ("", q.JUNK_MEMBER),  # no extension
         ("extra", "sample"),  # ... the sample survives
@@ -81,17 +81,49 @@ def test_every_structural_defect_has_its_reason(tmp_path):
     samples = {s.key: s for s in out if isinstance(s, Sample)}
     assert (samples["extra"].label, samples["sub/Deep"].ext, samples["sub/Deep"].label) == (5, "jpeg", 4)
     junk = [r for r in out if not isinstance(r, Sample) and r.reason == q.JUNK_MEMBER]
-    assert [r.member for r in junk] == ["extra.txt", "adir", "README"]
+    assert [r.member for r in junk] == ["extra.xyz", "adir", "README"]
     assert all("\n" not in r.detail for r in out if not isinstance(r, Sample))
-    ignoring_txt = summary(iter_samples(shard, ignore_extensions={"txt"}))
-    assert ("extra", "sample") in ignoring_txt and ("extra", q.JUNK_MEMBER) not in ignoring_txt
+    ignoring_xyz = summary(iter_samples(shard, ignore_extensions={"xyz"}))
+    assert ("extra", "sample") in ignoring_xyz and ("extra", q.JUNK_MEMBER) not in ignoring_xyz
+
+
+def test_an_img2dataset_shard_reads_without_errors(tmp_path):
+    """img2dataset writes <key>.jpg, <key>.txt (caption) and <key>.json (metadata) for every sample."""
+    members = []
+    for i in range(4):
+        key = f"{i:09d}"
+        members += [(f"{key}.jpg", JPEG), (f"{key}.txt", b"a photo of a hen"),
+                    (f"{key}.json", b'{"url": "http://example.com/x.jpg", "width": 32, "status": "success"}'),
+                    (f"{key}.cls", str(i).encode())]
+    members += [("000000009.json", b"{}"), ("000000009.txt", b"its image failed to download")]
+    out = list(iter_samples(raw_tar(tmp_path / "00000.tar", members), num_classes=1000))
+    assert summary(out) == [(f"{i:09d}", "sample") for i in range(4)] + [("000000009", q.MISSING_IMAGE)]
+    assert [s.label for s in out[:4]] == [0, 1, 2, 3]
+    assert out[-1].member == "000000009.json" and "000000009.txt" in out[-1].detail
+
+
+def test_adjacent_samples_with_one_key_keep_the_first(tmp_path):
+    shard = raw_tar(tmp_path / "dup.tar", [
+        ("a.jpg", JPEG), ("a.cls", b"1"), ("a.jpg", JPEG + b"2"), ("a.cls", b"2"), ("b.jpg", JPEG), ("b.cls", b"3")])
+    out = list(iter_samples(shard, num_classes=1000))
+    assert summary(out) == [("a", "sample"), ("a", q.DUPLICATE_KEY), ("b", "sample")]
+    assert out[0].label == 1 and out[0].image == JPEG  # the first copy is the one kept
+
+
+def test_a_dot_in_a_file_name_is_explained_member_by_member(tmp_path):
+    shard = raw_tar(tmp_path / "dots.tar", [
+        ("n01440764_tench.v2.jpg", JPEG), ("n01440764_tench.v2.cls", b"0"), ("ok.jpg", JPEG), ("ok.cls", b"1")])
+    out = list(iter_samples(shard, num_classes=1000))
+    assert summary(out) == [("n01440764_tench", q.DOT_IN_NAME)] * 2 + [("ok", "sample")]
+    assert [r.member for r in out[:2]] == ["n01440764_tench.v2.jpg", "n01440764_tench.v2.cls"]
+    assert "first dot" in out[0].detail and "rename" in out[0].detail and "\n" not in out[0].detail
 
 
 def test_image_and_tar_defects_end_to_end(tmp_path, image_corpus):
     """A shard of the whole bad-input corpus plus tar-level junk: read it, decode what survives."""
     samples = [(name, data, "jpg", 1) for name, (data, _) in image_corpus.items()]
     samples += [("nolabel", JPEG, "jpg", None), ("outofrange", JPEG, "jpg", 5000),
-                ("real_jpeg", JPEG, "jpg", 1), ("junk", b"x", "txt", None)]
+                ("real_jpeg", JPEG, "jpg", 1), ("junk", b"x", "xyz", None)]
     (url,) = write_shards(samples, str(tmp_path), 100)
     outcomes = []
     for item in iter_samples(url, num_classes=1000):
