@@ -387,20 +387,94 @@ def save_pretrained(model: AnyModel, directory: str | os.PathLike, extra: dict |
 
 
 def load_pretrained(directory: str | os.PathLike) -> AnyModel:
-    """Load a directory written by `save_pretrained`; the preset need not be known."""
+    """Load a directory written by `save_pretrained`; the preset need not be known.
+
+    Everything is checked before a model is built or a tensor read: config.json must be a JSON
+    object with a known `kind` and a valid `config` (types and sane bounds), and model.safetensors'
+    header must list exactly the model's tensors with their shapes, for its size on disk.
+
+    Raises:
+        FileNotFoundError: config.json or model.safetensors missing.
+        CheckpointMismatchError: one line naming the file and what is wrong with it.
+    """
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json (expected model.safetensors + config.json)")
-    meta = json.loads(cfg_path.read_text())
+    meta = read_config_json(cfg_path)
     kind = meta.get("kind")
     if kind not in _KINDS:
         raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
     cfg_cls = {"maskgit_vqgan": VQGANConfig, "bert_generator": BertGeneratorConfig,
                "uvit_generator": UViTGeneratorConfig}.get(kind, TiTokConfig)
-    model = _empty(_KINDS[kind], cfg_cls.from_dict(meta["config"]))
-    load_state_dict_strict(model, load_file(str(directory / "model.safetensors")), str(directory))
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointMismatchError(f"{cfg_path}: 'config' must be an object with the model's sizes")
+    try:
+        cfg = cfg_cls.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{cfg_path}: {str(e).splitlines()[0]}") from None
+    weights = directory / "model.safetensors"
+    model = _empty(_KINDS[kind], cfg)
+    check_safetensors_header(weights, model)
+    try:
+        sd = load_file(str(weights))
+    except Exception as e:  # the header was fine but the data is not
+        raise CheckpointMismatchError(f"{weights} cannot be read ({type(e).__name__}: {str(e)[:150]})") from None
+    load_state_dict_strict(model, sd, str(directory))
     return model.eval()
+
+
+def read_config_json(path: Path) -> dict:
+    """A config.json as a dict; one CheckpointMismatchError line naming the file otherwise."""
+    try:
+        meta = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise CheckpointMismatchError(f"{path} is not a text file") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointMismatchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointMismatchError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
+    return meta
+
+
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def check_safetensors_header(path: Path, model: nn.Module) -> None:
+    """model.safetensors' header (read alone, no tensor data) against `model` (built on the meta device):
+    a readable header, exactly the model's tensor names and shapes, and a file size that holds them.
+
+    Raises:
+        FileNotFoundError / CheckpointMismatchError: one line naming the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected model.safetensors beside config.json)")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(size - 8, 100 * 2**20):
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        data_bytes = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+        shapes = {k: tuple(int(d) for d in t["shape"]) for k, t in header.items()}
+        declared = sum(_SAFETENSORS_DTYPE_BYTES.get(t["dtype"], 0) * math.prod(shapes[k]) for k, t in header.items())
+    except Exception as e:
+        raise CheckpointMismatchError(f"{path} is not a safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+    if 8 + n + data_bytes != size or declared != data_bytes:
+        raise CheckpointMismatchError(f"{path} is damaged: its header declares {data_bytes} bytes of tensors, "
+                                      f"the file holds {size - 8 - n}")
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    params = sum(math.prod(s) for s in own.values())
+    if shapes != own:
+        missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+        wrong = [k for k in own if k in shapes and shapes[k] != own[k]]
+        detail = "; ".join(f"{what} {len(xs)}: {', '.join(xs[:3])}" for what, xs in
+                           (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if xs)
+        raise CheckpointMismatchError(f"{path} does not hold the {params:,}-parameter {type(model).__name__} its "
+                                      f"config.json describes ({detail})")
 
 
 def load_model(path: str | os.PathLike) -> AnyModel:

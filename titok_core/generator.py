@@ -29,9 +29,17 @@ import torch
 from timm.layers import Attention, Mlp
 from torch import Tensor, nn
 
+from .presets import check_fields
+
 
 # --------------------------------------------------------------------------------------------
 # Configurations.
+# Generous bounds (see presets.check_fields): the official generators are far inside them.
+_GENERATOR_LIMITS = {"codebook_size": (1, 2**20), "num_latent_tokens": (1, 16384), "num_classes": (1, 10**6),
+                     "width": (1, 16384), "depth": (1, 512), "num_heads": (1, 256), "mlp_dim": (1, 65536),
+                     "label_dropout": (0.0, 1.0), "dropout": (0.0, 1.0), "attn_dropout": (0.0, 1.0)}
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Sizes shared by both generator architectures (use BertGeneratorConfig / UViTGeneratorConfig).
@@ -59,9 +67,7 @@ class GeneratorConfig:
     label_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("codebook_size", "num_latent_tokens", "num_classes", "width", "depth", "num_heads", "mlp_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"generator {name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self, _GENERATOR_LIMITS)
         if self.width % self.num_heads:
             raise ValueError(f"generator width {self.width} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.label_dropout <= 1.0:

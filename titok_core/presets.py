@@ -10,6 +10,42 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+def check_fields(cfg: Any, limits: dict[str, tuple[float, float]]) -> None:
+    """Types and sane bounds of a config's fields, checked before any model is built: a config.json
+    with a string for a width, or 10**7 layers, is one ValueError line, not a traceback or a hang.
+
+    Args:
+        cfg: a config dataclass instance (field annotations "int", "float", "bool" are enforced).
+        limits: field name -> inclusive (low, high); for tuples, the bound of every element.
+    """
+    name = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = str(f.type)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if kind.startswith(("int", "tuple[int")) and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"{name}.{f.name} must be an integer, got {v!r}")
+            if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"{name}.{f.name} must be a number, got {v!r}")
+            if kind == "bool" and not isinstance(v, bool):
+                raise ValueError(f"{name}.{f.name} must be true or false, got {v!r}")
+            if f.name in limits and not limits[f.name][0] <= v <= limits[f.name][1]:
+                low, high = limits[f.name]
+                raise ValueError(f"{name}.{f.name} = {v} is outside the supported range [{low}, {high}]")
+
+
+# Generous bounds: every official model is far inside them; a value outside is a damaged config.
+_VQGAN_LIMITS = {"channel_mult": (1, 64), "hidden_channels": (1, 4096), "num_res_blocks": (1, 32),
+                 "z_channels": (1, 4096), "codebook_size": (1, 2**20), "resolution": (1, 8192), "num_channels": (1, 16),
+                 "num_groups": (1, 1024), "dropout": (0.0, 1.0), "commitment_cost": (0.0, 100.0)}
+_TITOK_LIMITS = {"image_size": (1, 8192), "enc_patch_size": (1, 1024), "dec_patch_size": (1, 1024),
+                 "enc_width": (1, 16384), "enc_layers": (1, 256), "enc_heads": (1, 256),
+                 "dec_width": (1, 16384), "dec_layers": (1, 256), "dec_heads": (1, 256),
+                 "num_latent_tokens": (1, 16384), "codebook_size": (1, 2**20), "token_size": (1, 4096),
+                 "commitment_cost": (0.0, 100.0), "proxy_codebook_size": (1, 2**20)}
+
+
 # The official ViT sizes (TiTokEncoder/TiTokDecoder's size table): width, layers, heads.
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "small": (512, 8, 8),
@@ -48,7 +84,10 @@ class VQGANConfig:
     commitment_cost: float = 0.25
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        if not isinstance(self.channel_mult, (list, tuple)) or not 1 <= len(self.channel_mult) <= 10:
+            raise ValueError(f"VQGANConfig.channel_mult must be a list of 1 to 10 integers, got {self.channel_mult!r}")
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        check_fields(self, _VQGAN_LIMITS)
         for c in [self.hidden_channels * m for m in self.channel_mult]:
             if c % self.num_groups:
                 raise ValueError(
@@ -131,6 +170,9 @@ class TiTokConfig:
     def __post_init__(self) -> None:
         if isinstance(self.pixel_vqgan, dict):
             object.__setattr__(self, "pixel_vqgan", VQGANConfig.from_dict(self.pixel_vqgan))
+        if not isinstance(self.pixel_vqgan, VQGANConfig):
+            raise ValueError(f"TiTokConfig.pixel_vqgan must be a VQGAN config object, got {self.pixel_vqgan!r}")
+        check_fields(self, _TITOK_LIMITS)
         for side, ps in (("enc", self.enc_patch_size), ("dec", self.dec_patch_size)):
             if self.image_size % ps:
                 raise ValueError(f"image_size {self.image_size} is not divisible by {side}_patch_size {ps}")
