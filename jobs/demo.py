@@ -124,7 +124,7 @@ def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crop
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    p = runtime.JobArgumentParser(prog="demo.py", description=__doc__)
     p.add_argument("--output", type=Path, default=Path("runs/demo"), help="where everything goes")
     p.add_argument("--images", type=Path, default=None, help="your own image folder instead of the sample photos")
     p.add_argument("--photos", type=int, default=None, help="use only the first N sample photos")
@@ -138,10 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     runtime.setup_logging()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
+        args = parse_args(argv)
         if args.pretrained:
             run_pretrained(args.output, args.tokenizer, args.photos, args.crops)
             return 0

@@ -14,8 +14,9 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+from pipelines.runtime import JobArgumentParser, positive_int
 from pipelines.shards import LAYOUTS, collect_images, pack
-from pipelines.storage import endpoint_options, join_url, write_json_atomic
+from pipelines.storage import check_output, endpoint_options, join_url, write_json_atomic
 
 EXAMPLE = """example:
   python -m jobs.make_shards ../shared/data/imagenet-sample \\
@@ -65,15 +66,15 @@ class MakeShardsConfig:
 
 
 def parse_args(argv: list[str] | None) -> MakeShardsConfig:
-    p = argparse.ArgumentParser(prog="python -m jobs.make_shards", description=__doc__.split("\n\n")[0],
-                                epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = JobArgumentParser(prog="python -m jobs.make_shards", description=__doc__.split("\n\n")[0],
+                          epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="ImageFolder root, flat image directory, or path<TAB>label list file")
     p.add_argument("--output", required=True, help="directory or URL for the shards (s3://bucket/prefix, ...)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="source layout (default: detect)")
     p.add_argument("--labels", help="TSV with a header: class_index plus file and/or wnid columns")
     p.add_argument("--synset-list", help="one wnid per line; label = line number")
     p.add_argument("--prefix", default="train", help="shard names: PREFIX-000000.tar (default: train)")
-    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per shard (default: 1000)")
+    p.add_argument("--samples-per-shard", type=positive_int, default=1000, help="samples per shard (default: 1000)")
     p.add_argument("--shuffle-seed", type=int, help="deterministic shuffle of the samples (default: sorted)")
     p.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in --output")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         options = endpoint_options(cfg.endpoint_url)
+        check_output(cfg.output, storage_options=options)
         images = collect_images(cfg.source, cfg.layout, cfg.labels, cfg.synset_list)
         manifest = pack(images, cfg.output, cfg.samples_per_shard, prefix=cfg.prefix,
                         shuffle_seed=cfg.shuffle_seed, overwrite=cfg.overwrite, storage_options=options)

@@ -24,7 +24,7 @@ from titok_core import OFFICIAL_URLS, MaskGITVQGAN  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="precompute_proxy.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    p = runtime.JobArgumentParser(prog="precompute_proxy.py", description=__doc__)
     options.add_io_args(p)
     options.add_image_args(p)
     p.add_argument("--teacher", default=OFFICIAL_URLS["maskgit-vqgan"],
@@ -37,10 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     runtime.setup_logging()
     try:
-        path, teacher = runtime.load_model_uri(args.teacher, option="--teacher", what="teacher weights",
+        args = parse_args(argv)
+        options.check_args(args)
+        _, teacher = runtime.load_model_uri(args.teacher, option="--teacher", what="teacher weights",
                                                kinds=(MaskGITVQGAN,))
         factor = teacher.config.downsample_factor
         if args.resolution % factor:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"downsampling factor {factor}")
         grid = args.resolution // factor
         dataset = options.dataset_metadata(args, codes_per_view=grid * grid, image_format=args.image_format,
-                                           teacher=runtime.model_identity(path, teacher),
+                                           teacher=runtime.model_identity(args.teacher, teacher),
                                            proxy_codebook_size=teacher.config.codebook_size)
         return options.run_job(args, model_uri=args.teacher, model_option="--teacher", dataset=dataset)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

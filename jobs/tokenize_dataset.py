@@ -23,21 +23,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines import runtime  # noqa: E402
 from pipelines.encode import options  # noqa: E402
-from pipelines.storage import get_fs  # noqa: E402
+from pipelines.encode.decode import check_proxy_input  # noqa: E402
+from pipelines.storage import endpoint_options, get_fs  # noqa: E402
 from titok_core import OFFICIAL_URLS, TiTok, TiTokReleased  # noqa: E402
 
 INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tokenize_dataset.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    p = runtime.JobArgumentParser(prog="tokenize_dataset.py", description=__doc__)
     options.add_io_args(p)
     p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
                    help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
     options.add_image_args(p)
     p.add_argument("--tokenizer", default=OFFICIAL_URLS["L-32"],
                    help="TiTok weights: official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
-    p.add_argument("--verify-fraction", type=float, default=0.0,
+    p.add_argument("--verify-fraction", type=runtime.fraction, default=0.0,
                    help="decode this random fraction of images' tokens back to pixels; PSNR (and LPIPS when its "
                         "weights are available) against the input crops go into the summary")
     options.add_compute_args(p)
@@ -60,12 +61,14 @@ def _has_parquet(spec: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     runtime.setup_logging()
     try:
-        if not 0.0 <= args.verify_fraction <= 1.0:
-            return runtime.fail(f"--verify-fraction {args.verify_fraction} must be in [0, 1]")
-        path, model = runtime.load_model_uri(args.tokenizer, option="--tokenizer", what="tokenizer weights",
+        args = parse_args(argv)
+        options.check_args(args)
+        suffix = input_suffix(args.input, args.input_format)
+        if suffix == ".parquet":  # a proxy dataset: the right kind, the right crop size
+            check_proxy_input(args.input, args.resolution, endpoint_options(args.endpoint_url))
+        _, model = runtime.load_model_uri(args.tokenizer, option="--tokenizer", what="tokenizer weights",
                                              kinds=(TiTok, TiTokReleased))
         if args.verify_fraction > 0 and not isinstance(model, TiTokReleased):
             return runtime.fail("--verify-fraction needs a tokenizer with a pixel decoder (released / stage-2 form); "
@@ -74,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return runtime.fail(f"--resolution {args.resolution} does not match the tokenizer's image size "
                                 f"{model.config.image_size}")
         dataset = options.dataset_metadata(args, codes_per_view=model.config.num_latent_tokens, image_format=None,
-                                           tokenizer=runtime.model_identity(path, model),
+                                           tokenizer=runtime.model_identity(args.tokenizer, model),
                                            codebook_size=model.config.codebook_size)
         return options.run_job(args, model_uri=args.tokenizer, model_option="--tokenizer", dataset=dataset,
-                               input_suffix=input_suffix(args.input, args.input_format),
+                               input_suffix=suffix,
                                verify_fraction=args.verify_fraction)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         return runtime.fail(str(e))

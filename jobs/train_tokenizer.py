@@ -33,7 +33,7 @@ from pipelines.train.recipes import RECIPES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train_tokenizer.py", description=__doc__, formatter_class=runtime.HelpFormatter)
+    p = runtime.JobArgumentParser(prog="train_tokenizer.py", description=__doc__)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: proxy codes; 2: decoder fine-tuning")
     p.add_argument("--preset", choices=sorted(RECIPES[1]), required=True, help="model size and its recipe")
     p.add_argument("--data", required=True, help="proxy-code dataset written by jobs/precompute_proxy.py (dir or URL)")
@@ -42,16 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", default=None,
                    help="MaskGIT-VQGAN weights (default: the one recorded in the dataset); stage 1 decodes grids with "
                         "it, stage 2 initialises the pixel decoder from it")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's optimizer steps")
-    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's global batch size")
+    p.add_argument("--steps", type=runtime.positive_int, default=None, help="override the recipe's optimizer steps")
+    p.add_argument("--batch-size", type=runtime.positive_int, default=None,
+                   help="override the recipe's global batch size")
     g = p.add_argument_group("resources (do not change the maths)")
-    g.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (one GPU each with --use-gpu)")
+    g.add_argument("--num-workers", type=runtime.positive_int, default=1, help="Ray Train workers (one GPU each with --use-gpu)")
     g.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL, mixed precision")
-    g.add_argument("--cpus-per-worker", type=float, default=None,
+    g.add_argument("--cpus-per-worker", type=runtime.positive_float, default=None,
                    help="CPUs reserved per worker (default: 0.5 on CPU, which leaves Ray Data a CPU on a 2-core "
                         "machine; 4 with --use-gpu)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
-    g.add_argument("--max-failures", type=int, default=3, help="restarts from the last checkpoint before giving up")
+    g.add_argument("--grad-accum", type=runtime.positive_int, default=1, help="micro-batches per step (same global batch)")
+    g.add_argument("--max-failures", type=runtime.non_negative_int, default=3, help="restarts from the last checkpoint before giving up")
     g.add_argument("--lpips-weights", default=None, help="stage 2: local VGG16 / LPIPS weights for the LPIPS loss")
     g.add_argument("--convnext-weights", default=None, help="stage 2: local timm convnext_small weights")
     g.add_argument("--random-backbones", action="store_true",
@@ -62,10 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     runtime.setup_logging()
     from pipelines.train.job import ConfigError, resolve_run, run
     try:
+        args = parse_args(argv)
         cfg = resolve_run(
             stage=args.stage, preset=args.preset, data=args.data, output=args.output, steps=args.steps,
             batch_size=args.batch_size, teacher=args.teacher, init=args.init,
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             storage_options=endpoint_options(args.endpoint_url),
         )
         return run(cfg, args.ray_address)
-    except ConfigError as e:  # raised before any worker starts
+    except (ConfigError, runtime.UsageError) as e:  # raised before any worker starts
         return runtime.fail(str(e))
 
 

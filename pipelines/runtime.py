@@ -29,6 +29,54 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help shows defaults and keeps the module docstring's examples as written."""
 
 
+class UsageError(ValueError):
+    """A bad command line: one line naming the argument; the job prints it and exits 2."""
+
+
+class JobArgumentParser(argparse.ArgumentParser):
+    """argparse for the jobs: a bad argument raises `UsageError` (one line naming it, see `fail`)
+    instead of printing the usage and exiting, so `main(argv)` returns 2 like for any other input error."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind: type, low: float | None, high: float | None = None, low_open: bool = False, what: str = ""):
+    """An argparse `type` accepting `kind` numbers in [low, high] ((low, high] with low_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 0, low_open=True, what="a positive integer")
+non_negative_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0, low_open=True, what="a positive number")
+non_negative_float = _number(float, 0, what="a number >= 0")
+fraction = _number(float, 0, 1, what="a fraction in [0, 1]")
+
+
+def view_set(text: str) -> str:
+    """argparse `type` for --views: a known view-set name (checked before anything is loaded)."""
+    from .preprocess import view_specs
+    try:
+        view_specs(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
@@ -91,14 +139,17 @@ def load_model_uri(uri: str, *, option: str, what: str, kinds: tuple[type, ...] 
     return LoadedModel(path, model)
 
 
-def model_identity(path: str, model: torch.nn.Module) -> dict[str, Any]:
-    """What a dataset records about the model that made it: kind, config, a hash of its weights, source."""
+def model_identity(uri: str, model: torch.nn.Module) -> dict[str, Any]:
+    """What a dataset records about the model that made it: kind, config, a hash of its weights, and
+    its source as the user named it (a URL, or an absolute local path), so a later job on another
+    machine (training's default --teacher) can fetch it again."""
+    from .storage import is_local, local_path
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return {"kind": type(model).__name__, "config": model.config.to_dict(), "weights_sha256": h.hexdigest(),
-            "source": path}
+            "source": local_path(uri) if is_local(uri) else uri}
 
 
 def vgg16_weights(uri: str | None = None) -> str:

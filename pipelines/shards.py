@@ -205,6 +205,8 @@ def collect_images(
         images = collect_list(source)
     elif layout == "imagefolder":
         images = collect_imagefolder(source, table)
+    elif not any(_is_image(f) for f in os.listdir(source)):
+        images = []  # an empty folder, or one without images: say so, not "pass --labels"
     elif table is None:
         raise ValueError(f"{source!r} is a flat directory: pass --labels FILE.tsv or --synset-list FILE for its labels")
     else:

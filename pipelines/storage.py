@@ -13,6 +13,7 @@ so credentials, endpoints and atomicity are decided in one place:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -110,6 +111,102 @@ def join_url(base: str, *parts: str) -> str:
     if split_protocol(base)[0] is None:
         return os.path.join(base, *parts)
     return posixpath.join(base, *parts)
+
+
+# --------------------------------------------------------------------------- output checks
+
+# Kernel pseudo filesystems: writable-looking, but no place for data.
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs", "efivarfs", "binfmt_misc", "nsfs", "rpc_pipefs",
+})
+
+
+def _mount_of(path: str) -> tuple[str, bool]:
+    """(filesystem type, mounted read-only) of the mount holding `path` (Linux; ("", False) elsewhere)."""
+    best, fstype, read_only = "", "", False
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                mount_point = fields[4].replace("\\040", " ")
+                inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, fields[sep + 1]
+                    read_only = "ro" in fields[5].split(",") or "ro" in fields[sep + 3].split(",")
+    except (OSError, ValueError, IndexError):
+        pass
+    return fstype, read_only
+
+
+def check_output(url: str, option: str = "--output", storage_options: StorageOptions = None) -> None:
+    """Fail early, with one line, for an output no job could write: a file, a directory under a
+    file, a read-only or pseudo filesystem (/proc, /sys), no write permission; on object stores, a
+    bucket that does not exist. Writes nothing.
+
+    Raises:
+        ValueError: naming `option`, the problem and the fix.
+    """
+    if not is_local(url):
+        fs, path = get_fs(url, storage_options=storage_options)
+        bucket = path.split("/", 1)[0]
+        try:
+            found = fs.exists(bucket)
+        except Exception as e:  # unreachable endpoint, no credentials ...
+            raise ValueError(f"{option} {url}: cannot reach {protocol_of(url)}://{bucket} ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:150]}); check the endpoint and credentials") from None
+        if not found:
+            raise ValueError(f"{option} {url}: bucket {bucket!r} does not exist; create it or pick another --output")
+        return
+    path = local_path(url)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise ValueError(f"{option} {url} {where}; give a directory (it is created if missing)")
+    fstype, read_only = _mount_of(os.path.realpath(existing))
+    if fstype in PSEUDO_FILESYSTEMS:
+        raise ValueError(f"{option} {url} is on the {fstype} pseudo filesystem, which cannot hold data; "
+                         "give a directory on a disk or an object-store URL (s3://...)")
+    if read_only or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise ValueError(f"{option} {url} is on a read-only filesystem; give a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {url}: no permission to write in {existing}; give a directory you can write")
+
+
+# --------------------------------------------------------------------------- failures
+
+_OUTAGE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                            errno.ENETUNREACH, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_OUTAGE_TYPES = ("EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+                 "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError")
+_OUTAGE_TEXT = ("Could not connect to the endpoint URL", "Connection refused", "Cannot connect to host",
+                "No space left on device", "Read-only file system", "Connect timeout on endpoint")
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """A short description if `error` (or what caused it, also inside a Ray task error) is the storage
+    failing (unreachable object store, connection lost, disk full), else None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        names = {t.__name__ for t in type(e).__mro__}
+        text = str(e)
+        if (isinstance(e, (ConnectionError, TimeoutError)) or names & set(_OUTAGE_TYPES)
+                or (isinstance(e, OSError) and e.errno in _OUTAGE_ERRNOS)):
+            return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:160]}"
+        for pattern in _OUTAGE_TEXT:  # a Ray task error may carry the cause only as text
+            if pattern in text:
+                line = next((ln for ln in text.splitlines() if pattern in ln), pattern)
+                return line.strip()[:200]
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
 
 
 # --------------------------------------------------------------------------- input specs

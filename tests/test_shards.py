@@ -100,12 +100,15 @@ def test_flat_directory_with_a_synset_list(tmp_path, imagenet_sample_dir):
 
 def test_user_errors_are_one_line_with_the_fix(tmp_path, imagenet_sample_dir, capsys):
     out = str(tmp_path / "out")
+    (tmp_path / "empty").mkdir()
     cases = [
         ([str(imagenet_sample_dir), "--output", out], "pass --labels FILE.tsv or --synset-list"),
         ([str(tmp_path / "nope"), "--output", out], "neither a directory nor a list file"),
         ([str(imagenet_sample_dir), "--labels", "x", "--synset-list", "y", "--output", out],
          "either --labels or --synset-list"),
-        ([str(imagenet_sample_dir), "--output", out, "--samples-per-shard", "0"], "--samples-per-shard must be >= 1"),
+        ([str(imagenet_sample_dir), "--output", out, "--samples-per-shard", "0"],
+         "argument --samples-per-shard: 0 is not a positive integer"),
+        ([str(tmp_path / "empty"), "--output", out], "no .jpg/.jpeg/.png/.webp images found"),
     ]
     for argv, message in cases:
         assert main(argv) == 2

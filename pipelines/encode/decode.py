@@ -73,6 +73,35 @@ def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict
     return out.to_row()
 
 
+def check_proxy_input(spec: str, resolution: int, storage_options: dict | None = None) -> S.DatasetMetadata:
+    """The metadata of the proxy dataset named by `spec`, checked before any work starts.
+
+    Raises:
+        ValueError: one line if `spec` names no Parquet files, files no precompute job wrote (e.g. a
+            token dataset), or crops of another size than `resolution`.
+    """
+    import pyarrow.parquet as pq
+
+    from ..storage import expand_inputs
+    first = expand_inputs(spec, storage_options, suffix=".parquet")[0]
+    fs, path = get_fs(first, storage_options=storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            meta = S.DatasetMetadata.from_schema(pq.ParquetFile(f).schema_arrow)
+    except Exception as e:
+        raise ValueError(f"--input {spec}: {first} is not a readable Parquet file ({one_line(e)})") from None
+    if meta is None:
+        raise ValueError(f"--input {spec}: {first} was not written by jobs/precompute_proxy.py (no titok metadata); "
+                         "give WebDataset shards or a proxy-code dataset")
+    if meta.image_format is None:
+        raise ValueError(f"--input {spec} is a token dataset (codes of a {meta.model.kind}, no stored images); "
+                         "give WebDataset shards or a proxy-code dataset written by jobs/precompute_proxy.py")
+    if meta.crop_size != resolution:
+        raise ValueError(f"--input {spec} holds {meta.crop_size}-pixel crops but --resolution is {resolution}; "
+                         f"pass --resolution {meta.crop_size} (and a tokenizer of that image size)")
+    return meta
+
+
 def decode_proxy_file(url: str, name: str, opts: DecodeOptions, storage_options: dict | None = None) -> S.DecodedShard:
     """One Parquet file of a proxy-code dataset -> its samples, from the stored base images.
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from .. import schema as S
 from ..preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, STORED_IMAGE_FORMATS, view_specs
-from ..runtime import init_ray
-from ..storage import endpoint_options
+from ..runtime import fraction, non_negative_float, positive_float, positive_int, view_set
+from ..storage import check_output, endpoint_options
 from .decode import DecodeOptions
 from .job import EncodeJobConfig, format_summary, run
 from .model import INFERENCE_PRECISIONS
@@ -25,33 +25,50 @@ def add_io_args(p: argparse.ArgumentParser) -> None:
                    help="custom S3 endpoint (MinIO, SeaweedFS, R2 ...); credentials come from the standard AWS "
                         "environment / config")
     g.add_argument("--overwrite", action="store_true", help="redo shards that are already committed")
-    g.add_argument("--max-error-rate", type=float, default=0.05,
+    g.add_argument("--max-error-rate", type=fraction, default=0.05,
                    help="exit non-zero when more than this fraction of samples is quarantined")
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("images")
-    g.add_argument("--views", default="center",
+    g.add_argument("--views", type=view_set, default="center",
                    help="views per image: center, center-flip, or offsets-K (K crops along the long side x flip)")
-    g.add_argument("--resolution", type=int, default=256, help="shorter side after resizing = crop size")
-    g.add_argument("--num-classes", type=int, default=1000, help="labels must lie in [0, N)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image (w*h) decoded")
-    g.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+    g.add_argument("--resolution", type=positive_int, default=256, help="shorter side after resizing = crop size")
+    g.add_argument("--num-classes", type=positive_int, default=1000, help="labels must lie in [0, N)")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="largest image (w*h) decoded")
+    g.add_argument("--max-aspect-ratio", type=aspect_ratio, default=DEFAULT_MAX_ASPECT_RATIO,
                    help="largest long/short side ratio accepted")
 
 
 def add_compute_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compute")
-    g.add_argument("--workers", type=int, default=1, help="model actors (one model each)")
-    g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor (0: CPU)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per model actor")
-    g.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode / write task")
-    g.add_argument("--threads", type=int, default=None, help="torch threads inside a model actor")
-    g.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    g.add_argument("--workers", type=positive_int, default=1, help="model actors (one model each)")
+    g.add_argument("--num-gpus", type=non_negative_float, default=0.0, help="GPUs per model actor (0: CPU)")
+    g.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPUs reserved per model actor")
+    g.add_argument("--decode-cpus", type=positive_float, default=1.0, help="CPUs per decode / write task")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch threads inside a model actor")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="crops per forward pass")
     g.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                    help="auto = bf16 on GPU, fp32 on CPU; bf16 reports its agreement with fp32")
     g.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, the job's cluster, or a new local one)")
+
+
+def aspect_ratio(text: str) -> float:
+    """argparse `type` for --max-aspect-ratio: a number >= 1."""
+    value = positive_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1 (long side / short side)")
+    return value
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What can be checked before any model is loaded or Ray starts: the output is writable.
+
+    Raises:
+        ValueError: one line naming the option and the fix.
+    """
+    check_output(args.output, storage_options=endpoint_options(args.endpoint_url))
 
 
 def dataset_metadata(args: argparse.Namespace, *, codes_per_view: int, image_format: str | None,
@@ -74,11 +91,10 @@ def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, data
         storage_options=endpoint_options(args.endpoint_url),
         input_suffix=input_suffix, verify_fraction=verify_fraction,
     )
-    init_ray(args.ray_address)
-    summary, code = run(cfg)
+    summary, code = run(cfg, args.ray_address)
     print(format_summary(summary))
     return code
 
 
-__all__ = ["STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "dataset_metadata",
-           "run_job"]
+__all__ = ["STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "check_args",
+           "dataset_metadata", "run_job"]
