@@ -4,6 +4,11 @@
     <output>/_errors/<name>.parquet    its quarantined samples
     <output>/_success/<name>.json      its success record, written last: the commit
     <output>/_summary.json             the last run's job summary
+    <output>/_lease.json               while a run writes: which run, renewed every ttl / 3 seconds
+
+One run at a time writes an output (`OutputLease`): a second run started on it stops with one
+line while the first one's lease is fresh; a killed run's lease expires `ttl` seconds after its
+last renewal, so it never blocks a rerun for longer than that.
 
 Each file is written atomically (temp + rename, or one completed upload). A shard counts as done
 only once its success record exists; a rerun redoes every other shard and overwrites its files
@@ -16,8 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
+import os
 import posixpath
+import socket
+import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,11 +37,25 @@ import pyarrow.parquet as pq
 
 from .quarantine import SampleErrorRecord
 from .schema import CODES_COLUMNS, ERRORS_SCHEMA
-from .storage import atomic_write_bytes, exists, is_local, join_url, list_dir, read_json, write_json_atomic
+from .storage import (
+    atomic_write_bytes,
+    exists,
+    get_fs,
+    is_local,
+    join_url,
+    list_dir,
+    read_json,
+    write_json_atomic,
+)
 
 SUCCESS_DIR = "_success"
 ERRORS_DIR = "_errors"
 SUMMARY = "_summary.json"
+LEASE = "_lease.json"
+LEASE_TTL_ENV = "TITOK_LEASE_TTL_S"  # seconds; tests shorten it
+DEFAULT_LEASE_TTL_S = 120.0
+
+log = logging.getLogger("titok.commit")
 
 
 def shard_name(url: str) -> str:
@@ -114,3 +138,95 @@ def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: li
 def write_summary(output: str, summary: dict[str, Any], storage_options: dict | None = None) -> None:
     write_json_atomic(join_url(output, SUMMARY), summary, storage_options)
 
+
+
+class OutputBusyError(RuntimeError):
+    """Another run holds the output's lease: one line saying which, and when it expires."""
+
+
+class OutputLease:
+    """A context manager that holds `<output>/_lease.json` while a run writes the output.
+
+    Entering fails with `OutputBusyError` when another run renewed its lease less than its `ttl_s`
+    ago; a lease older than that (its holder was killed) is taken over. A thread renews the lease
+    every ttl / 3 seconds; leaving removes it. Two runs that start within the same instant can both
+    enter (object stores have no atomic create here); that costs duplicate work, never data: every
+    shard is still committed exactly once.
+    """
+
+    def __init__(self, output: str, job: str, storage_options: dict | None = None, ttl_s: float | None = None):
+        self.url = join_url(output, LEASE)
+        self.output, self.job, self.storage_options = output, job, storage_options
+        self.ttl_s = float(ttl_s or os.environ.get(LEASE_TTL_ENV) or DEFAULT_LEASE_TTL_S)
+        self.record = {"run_id": uuid.uuid4().hex, "job": job, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_started": _process_start(os.getpid()), "started_at": time.time(), "ttl_s": self.ttl_s}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _current(self) -> dict[str, Any] | None:
+        fs, path = get_fs(self.url, storage_options=self.storage_options)
+        fs.invalidate_cache(path)
+        try:
+            return read_json(self.url, self.storage_options)
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a torn or foreign file: treat as expired
+            return None
+
+    def _write(self) -> None:
+        write_json_atomic(self.url, {**self.record, "renewed_at": time.time()}, self.storage_options)
+
+    def __enter__(self) -> OutputLease:
+        held = self._current()
+        if held is not None and held.get("run_id") != self.record["run_id"]:
+            age = time.time() - float(held.get("renewed_at", 0))
+            ttl = float(held.get("ttl_s", self.ttl_s))
+            if age < ttl and not self._holder_died(held):
+                started = time.strftime("%H:%M:%S", time.localtime(float(held.get("started_at", 0))))
+                raise OutputBusyError(
+                    f"{self.output} is being written by another run ({held.get('job')} on {held.get('host')}, pid "
+                    f"{held.get('pid')}, started {started}); wait for it to finish, or, if it was killed, rerun once "
+                    f"its lease expires (within {ttl - age:.0f} s)")
+            log.info("taking over the lease of %s: its run is gone (last renewed %.0f s ago)", self.output, age)
+        self._write()
+        self._thread = threading.Thread(target=self._renew, name="output-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _holder_died(held: dict[str, Any]) -> bool:
+        """True when the holder ran on this machine and its process is gone (killed): no need to wait
+        for its lease to expire. Holders on other machines are only ever timed out."""
+        if held.get("host") != socket.gethostname() or held.get("pid_started") is None:  # elsewhere, or no /proc
+            return False
+        started = _process_start(int(held.get("pid", -1)))
+        return started is None or started != held.get("pid_started")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self._write()
+            except Exception as e:  # the store is down: the run notices on its own writes
+                log.warning("could not renew the lease on %s: %s", self.output, e)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            held = self._current()
+            if held is not None and held.get("run_id") == self.record["run_id"]:
+                fs, path = get_fs(self.url, storage_options=self.storage_options)
+                fs.rm_file(path)
+        except Exception as e:  # unreachable store: the lease simply expires
+            log.warning("could not release the lease on %s: %s", self.output, e)
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if there is no such
+    process: with the pid it tells a live process from a dead one whose pid was reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None

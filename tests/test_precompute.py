@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import torch
 from PIL import Image
 from pipeline_fixtures import committed_shards, s3_with_shards
@@ -169,19 +170,24 @@ def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_s
     assert summary["shards_skipped"] >= 4 and summary["images_total"] == len(keys)
 
 
-def test_input_and_output_on_s3(ray_local, s3_server, sample_shards, tiny_teacher, monkeypatch):
+def test_input_and_output_on_s3(ray_local, s3_server, sample_shards, tiny_teacher, monkeypatch, tmp_path):
     shards, n = sample_shards
     fs, bucket = s3_with_shards(s3_server, shards, "imagenet")
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     out = f"s3://{bucket}/proxy/train"
+    fs.put_file(tiny_teacher, f"{bucket}/models/teacher.bin")
+    teacher = f"s3://{bucket}/models/teacher.bin"
+    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
     args = ["--input", f"s3://{bucket}/imagenet/train-{{000000..000002}}.tar", "--output", out,
-            "--teacher", tiny_teacher, "--endpoint-url", s3_server.endpoint_url]
+            "--teacher", teacher, "--endpoint-url", s3_server.endpoint_url]
     assert job(*args) == 0
     files = sorted(fs.glob(f"{bucket}/proxy/train/*.parquet"))
     assert len(files) == 3 and len(fs.glob(f"{bucket}/proxy/train/_success/*.json")) == 3
     table = pq.read_table(files, filesystem=fs)
     assert table.num_rows == n and table.column("source_shard")[0].as_py().startswith("s3://")
+    # the dataset names its teacher as the user did (training on another machine fetches it from there)
+    assert json.loads(table.schema.metadata[b"titok"])["teacher"]["source"] == teacher
     assert job(*args) == 0
     summary = json.loads(fs.cat_file(f"{bucket}/proxy/train/_summary.json"))
     assert summary["shards_skipped"] == 3
@@ -219,3 +225,103 @@ def test_unreadable_shard_is_not_committed_and_is_retried(ray_local, sample_shar
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["shards_done"], summary["shards_skipped"], summary["status"]) == (1, 3, "ok")
     assert len(read_dataset(out)) == n + 4
+
+
+def test_a_second_run_on_the_same_output_stops_with_one_line_until_the_first_is_gone(
+        ray_head, many_shards, tiny_teacher, tmp_path):
+    from pipelines.commit import OutputLease
+    shards, keys = many_shards
+    out = tmp_path / "proxy"
+    cmd = [sys.executable, str(REPO / "jobs" / "precompute_proxy.py"), "--input", str(shards), "--output", str(out),
+           "--teacher", str(tiny_teacher)]
+    env = {**os.environ, **ray_head.env}
+    with OutputLease(str(out), "encode"):  # a run in progress (this process) holds the output
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(err) == 1, second.stderr[-2000:]
+    assert "is being written by another run (encode on" in err[0] and f"pid {os.getpid()}" in err[0]
+    assert committed_shards(out) == 0
+    # a holder killed with kill -9 leaves its lease behind; on the same machine it is seen to be dead at once
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipelines.commit import OutputLease; "
+                               f"OutputLease({str(out)!r}, 'encode').__enter__(); print('held', flush=True); "
+                               "time.sleep(600)"], env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    assert json.loads((out / "_lease.json").read_text())["pid"] == holder.pid
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(read_dataset(out).key) == sorted(keys)
+    assert not (out / "_lease.json").exists()
+
+
+def test_a_lease_held_on_another_machine_blocks_until_it_expires(tmp_path, monkeypatch):
+    from pipelines.commit import LEASE, OutputBusyError, OutputLease
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEASE).write_text(json.dumps({"run_id": "x", "job": "encode", "host": "gpu-node-7", "pid": 42,
+                                         "pid_started": 1, "started_at": time.time(), "renewed_at": time.time(),
+                                         "ttl_s": 2.0}))
+    with pytest.raises(OutputBusyError, match=r"encode on gpu-node-7, pid 42.*within [0-9]+ s"):
+        with OutputLease(str(out), "encode"):
+            pass
+    time.sleep(2.2)
+    monkeypatch.setenv("TITOK_LEASE_TTL_S", "1")
+    with OutputLease(str(out), "encode") as lease:
+        held = json.loads((out / LEASE).read_text())
+        assert held["run_id"] == lease.record["run_id"] and held["ttl_s"] == 1.0
+        time.sleep(1.2)  # renewed every ttl / 3 while held
+        assert json.loads((out / LEASE).read_text())["renewed_at"] > held["renewed_at"]
+    assert not (out / LEASE).exists()
+
+
+def test_an_object_store_outage_is_one_line_and_a_rerun_completes(ray_head, many_shards, tiny_teacher, tmp_path):
+    from s3_server import RestartableS3Server
+    shards, keys = many_shards
+    with RestartableS3Server(tmp_path / "s3") as store:
+        bucket = store.server.create_bucket()
+        env = {**os.environ, **ray_head.env, **store.server.env}
+        cmd = [sys.executable, str(REPO / "jobs" / "precompute_proxy.py"), "--input", str(shards),
+               "--output", f"s3://{bucket}/proxy", "--teacher", str(tiny_teacher)]
+        job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def committed() -> int:
+            listing = store.server.client().list_objects_v2(Bucket=bucket, Prefix="proxy/_success/")
+            return listing.get("KeyCount", 0)
+
+        deadline = time.time() + 120
+        while committed() < 2 and job.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        store.stop()  # the outage
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 1, stderr[-3000:]
+        last = stdout.strip().splitlines()[-1]
+        assert last.startswith("error: storage unreachable or failing at http://127.0.0.1:"), stdout[-2000:]
+        assert "shards committed; rerun the same command to resume" in last
+        assert "Traceback" not in stdout + stderr
+        store.start()  # the store is back, its data intact: the same command finishes the job
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        import fsspec
+        fs = fsspec.filesystem("s3", key=store.server.access_key, secret=store.server.secret_key,
+                               client_kwargs={"endpoint_url": store.server.endpoint_url})
+        df = pd.concat(pd.read_parquet(fs.open(p)) for p in fs.glob(f"{bucket}/proxy/*.parquet"))
+        assert sorted(df.key) == sorted(keys)
+        summary = json.loads(fs.cat_file(f"{bucket}/proxy/_summary.json"))
+        assert summary["shards_skipped"] >= 1 and summary["images_total"] == len(keys)
+
+
+def test_a_rerun_with_other_settings_does_not_mix_two_datasets(ray_local, sample_shards, tiny_teacher, tmp_path,
+                                                               capsys):
+    shards, _ = sample_shards
+    out = tmp_path / "proxy"
+    args = ["--input", f"{shards}/train-000000.tar", "--output", out, "--teacher", tiny_teacher]
+    assert job(*args) == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.parquet")}
+    capsys.readouterr()
+    assert job(*args, "--views", "center-flip") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a dataset with another views" in err[0] and "--overwrite" in err[0]
+    assert {p.name: p.read_bytes() for p in out.glob("*.parquet")} == before
+    assert job(*args, "--views", "center-flip", "--overwrite") == 0
+    assert all(len(v) == 2 for v in read_dataset(out).view_flips)

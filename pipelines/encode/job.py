@@ -22,8 +22,8 @@ from typing import Any
 from .. import commit
 from .. import schema as S
 from ..preprocess import view_specs
-from ..runtime import forwarded_env
-from ..storage import expand_inputs
+from ..runtime import forwarded_env, init_ray
+from ..storage import expand_inputs, get_fs, is_local, s3_endpoint, storage_failure
 from .decode import DecodeOptions, decode_shard
 from .model import INFERENCE_PRECISIONS
 
@@ -85,14 +85,42 @@ class EncodeJobConfig:
 
 
 def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
-    """(shards to do as (url, name), committed records of the shards skipped)."""
+    """(shards to do as (url, name), committed records of the shards skipped). Run under the output's lease."""
     urls = expand_inputs(cfg.input, cfg.storage_options, suffix=cfg.input_suffix)
     names = commit.unique_names(urls)
     commit.remove_stale_temporaries(cfg.output)
     done = {} if cfg.overwrite else commit.committed(cfg.output, cfg.storage_options)
+    if done:
+        check_same_dataset(cfg, next(iter(done)))
     todo = [(u, n) for u, n in zip(urls, names) if n not in done]
     skipped = {n: done[n] for n in names if n in done}
     return todo, skipped
+
+
+def check_same_dataset(cfg: EncodeJobConfig, name: str) -> None:
+    """A rerun continues the dataset already in `cfg.output` only if it makes the same dataset (model,
+    views, crop size, stored image format): otherwise its committed shards would mix with new ones.
+
+    Raises:
+        ValueError: naming what differs and the two ways out.
+    """
+    import pyarrow.parquet as pq
+    url = commit.data_url(cfg.output, name)
+    fs, path = get_fs(url, storage_options=cfg.storage_options)
+    with fs.open(path, "rb") as f:
+        old = S.DatasetMetadata.from_schema(pq.ParquetFile(f).schema_arrow)
+    new = cfg.dataset
+    if old is None:
+        raise ValueError(f"--output {cfg.output} holds {name}.parquet, which these jobs did not write; "
+                         "pick another --output")
+    differs = [what for what, a, b in (
+        ("model", old.model.weights_sha256, new.model.weights_sha256), ("views", old.views, new.views),
+        ("crop size", old.crop_size, new.crop_size), ("stored image format", old.image_format, new.image_format),
+        ("kind of codes", old.codes_column, new.codes_column)) if a != b]
+    if differs:
+        raise ValueError(f"--output {cfg.output} already holds a dataset with another {', '.join(differs)} "
+                         f"(e.g. {name}.parquet); rerun with its settings to finish it, pass --overwrite to redo it, "
+                         "or pick another --output")
 
 
 class ShardTally:
@@ -165,16 +193,46 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
                   num_cpus=cfg.decode_cpus, **env)
 
 
-def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
-    """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`."""
+def run(cfg: EncodeJobConfig, ray_address: str | None = None) -> tuple[dict[str, Any], int]:
+    """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`.
+
+    Raises:
+        ValueError: the input spec names no shards (before Ray starts or anything is written).
+        OutputBusyError: another run holds the output's lease.
+    """
     t0 = time.perf_counter()
-    todo, skipped = plan(cfg)
-    tally = ShardTally(len(todo))
-    if todo:
-        for row in build_dataset(cfg, todo).iter_rows():
-            tally.add(S.ShardResult.from_row(row))
-    tally.bar.close()
-    wall = time.perf_counter() - t0
+    expand_inputs(cfg.input, cfg.storage_options, suffix=cfg.input_suffix)  # bad specs fail before the lease
+    with commit.OutputLease(cfg.output, "encode", cfg.storage_options):
+        todo, skipped = plan(cfg)
+        tally = ShardTally(len(todo))
+        outage = None
+        try:
+            if todo:
+                init_ray(ray_address)
+                for row in build_dataset(cfg, todo).iter_rows():
+                    tally.add(S.ShardResult.from_row(row))
+        except Exception as e:
+            outage = storage_failure(e)
+            if outage is None:
+                raise
+        finally:
+            tally.bar.close()
+        summary = _summary(cfg, tally, skipped, time.perf_counter() - t0)
+        if outage is not None:  # committed shards are safe; say so instead of a traceback
+            where = s3_endpoint(None) if not is_local(cfg.output) else None
+            summary["status"] = (f"failed: storage unreachable or failing at {where or cfg.output} ({outage}); "
+                                 f"{summary['shards_skipped'] + summary['shards_done']} shards committed; "
+                                 "rerun the same command to resume")
+            try:
+                commit.write_summary(cfg.output, summary, cfg.storage_options)
+            except Exception as e:
+                log.warning("the summary could not be written either (%s)", storage_failure(e) or e)
+            return summary, 1
+        commit.write_summary(cfg.output, summary, cfg.storage_options)
+        return summary, 0 if summary["status"].startswith("ok") else 1
+
+
+def _summary(cfg: EncodeJobConfig, tally: ShardTally, skipped: dict[str, dict], wall: float) -> dict[str, Any]:
     prior_images = sum(r["rows"] for r in skipped.values())
     prior_errors = sum(r["errors"] for r in skipped.values())
     reasons = tally.reasons + Counter({k: v for r in skipped.values() for k, v in r["errors_by_reason"].items()})
@@ -199,6 +257,7 @@ def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
     st = tally.stats
     if st["bf16_compared"]:
         summary["bf16_codes_agreeing_with_fp32"] = round(st["bf16_agree"] / st["bf16_compared"], 6)
+        summary["bf16_codes_compared"] = int(st["bf16_compared"])
     if cfg.verify_fraction > 0:
         summary["verify"] = {
             "fraction": cfg.verify_fraction, "images": st["verify_count"],
@@ -216,8 +275,7 @@ def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
         summary["status"] = f"ok, incomplete: {tally.failed} shard(s) could not be read; rerun to retry them"
     else:
         summary["status"] = "ok"
-    commit.write_summary(cfg.output, summary, cfg.storage_options)
-    return summary, 0 if reason is None else 1
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -227,8 +285,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"shards            {summary['shards_done']} done, {summary['shards_skipped']} skipped (already committed), "
         f"{summary['shards_failed']} failed",
         f"images            {summary['images']} this run, {summary['images_total']} in the dataset",
-        f"quarantined       {summary['errors_total']} ({summary['error_rate']:.2%})"
-        + "".join(f"\n  {k:16s}{v}" for k, v in summary["errors_by_reason"].items()),
+        f"quarantined       {summary['errors_total']} ({summary['error_rate']:.2%})" + _reasons_table(summary),
         f"throughput        {summary['images_per_s']} images/s over {summary['wall_s']} s",
         f"bytes per row     {summary['bytes_per_row']}",
     ]
@@ -241,4 +298,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     for f in summary["failed_shards"][:5]:
         lines.append(f"failed shard      {f}")
     lines.append(f"output            {summary['output']}  (summary: _summary.json, quarantine: _errors/)")
+    if summary["status"].startswith("failed: storage"):
+        lines.append(f"error: {summary['status'].removeprefix('failed: ')}")
     return "\n".join(lines)
+
+
+def _reasons_table(summary: dict[str, Any]) -> str:
+    """One indented line per quarantine reason, the counts in a column after the longest name."""
+    reasons = summary["errors_by_reason"]
+    width = max((len(k) for k in reasons), default=0) + 2
+    return "".join(f"\n  {k:{width}s}{v}" for k, v in reasons.items())

@@ -50,19 +50,24 @@ class DatasetInfo:
         rows: total rows (images).
         bytes: total size of the files.
         metadata: the dataset metadata the precompute job wrote (same in every file).
+        code_range: (smallest, largest proxy code, a file holding one of them) by the files' Parquet
+            statistics; None when the files carry none.
     """
 
     files: tuple[str, ...]
     rows: int
     bytes: int
     metadata: DatasetMetadata
+    code_range: tuple[int, int, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": list(self.files), "rows": self.rows, "bytes": self.bytes, "metadata": self.metadata.to_dict()}
+        return {"files": list(self.files), "rows": self.rows, "bytes": self.bytes, "metadata": self.metadata.to_dict(),
+                "code_range": list(self.code_range) if self.code_range else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
-        return cls(tuple(d["files"]), int(d["rows"]), int(d["bytes"]), DatasetMetadata.from_dict(d["metadata"]))
+        return cls(tuple(d["files"]), int(d["rows"]), int(d["bytes"]), DatasetMetadata.from_dict(d["metadata"]),
+                   tuple(d["code_range"]) if d.get("code_range") else None)
 
 
 def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetInfo:
@@ -81,16 +86,30 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
         raise DatasetError(f"--data {data}: {e}; run jobs/precompute_proxy.py to make one") from None
     rows = size = 0
     first: DatasetMetadata | None = None
+    code_extremes: tuple[int, int, str] | None = None
     for url in files:
         fs, path = get_fs(url, storage_options=storage_options)
         size += fs.size(path)
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            arrow_schema, num_rows = pf.schema_arrow, pf.metadata.num_rows
-        file_meta = DatasetMetadata.from_schema(arrow_schema)
+        try:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                arrow_schema, num_rows, footer = pf.schema_arrow, pf.metadata.num_rows, pf.metadata
+        except Exception as e:  # not Parquet, cut short ...
+            raise DatasetError(f"--data {data}: {url} is not a readable Parquet file ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:150]})") from None
+        try:
+            file_meta = DatasetMetadata.from_schema(arrow_schema)
+        except (ValueError, TypeError, KeyError) as e:
+            raise DatasetError(f"--data {data}: {url} has damaged titok metadata ({e})") from None
         if file_meta is None or file_meta.teacher is None or schema.PROXY_CODES not in arrow_schema.names:
-            raise DatasetError(f"--data {data}: {url} is not a proxy-code file (no proxy_codes column or titok "
-                               "metadata); point --data at the output of jobs/precompute_proxy.py")
+            kind = "a token dataset file" if file_meta is not None and file_meta.tokenizer is not None else \
+                "not a proxy-code file (no proxy_codes column or titok metadata)"
+            raise DatasetError(f"--data {data}: {url} is {kind}; point --data at the output of "
+                               "jobs/precompute_proxy.py")
+        low, high = code_range(footer)
+        if low is not None and (code_extremes is None or low < code_extremes[0] or high > code_extremes[1]):
+            code_extremes = (min(low, code_extremes[0]) if code_extremes else low,
+                             max(high, code_extremes[1]) if code_extremes else high, url)
         if first is None:
             first = file_meta
         elif _layout(file_meta) != _layout(first):
@@ -100,7 +119,25 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
     if rows == 0:
         raise DatasetError(f"--data {data}: the dataset has no rows ({len(files)} empty file(s))")
     assert first is not None
-    return DatasetInfo(tuple(files), rows, size, first)
+    return DatasetInfo(tuple(files), rows, size, first, code_extremes)
+
+
+def code_range(footer: pq.FileMetaData) -> tuple[int | None, int | None]:
+    """(smallest, largest) proxy code of a file by the min / max statistics of its footer (no data
+    read); (None, None) for a file written without statistics (then `ViewSampler` checks batch by batch)."""
+    low = high = None
+    for g in range(footer.num_row_groups):
+        group = footer.row_group(g)
+        for j in range(group.num_columns):
+            column = group.column(j)
+            if column.path_in_schema.split(".")[0] != schema.PROXY_CODES:
+                continue
+            stats = column.statistics
+            if stats is None or not stats.has_min_max:
+                return None, None
+            low = stats.min if low is None else min(low, stats.min)
+            high = stats.max if high is None else max(high, stats.max)
+    return low, high
 
 
 def _layout(meta: DatasetMetadata) -> tuple:
@@ -124,6 +161,12 @@ def check_layout(info: DatasetInfo, *, image_size: int, grid: int, proxy_codeboo
         if got != want:
             raise DatasetError(f"--data: the dataset's {what} is {got} but {whose} needs {want}; precompute the "
                                "dataset with the matching teacher / --resolution, or pick the matching --preset")
+    if info.code_range is not None:
+        low, high, url = info.code_range
+        if not 0 <= low <= high < proxy_codebook_size:
+            raise DatasetError(f"--data: {url} holds proxy codes {low}..{high}, outside the teacher's codebook "
+                               f"[0, {proxy_codebook_size}); the file is damaged or was not written by this teacher: "
+                               "delete it and its _success record, and rerun jobs/precompute_proxy.py")
     teacher = m.model.config
     if teacher != teacher_config:
         diff = sorted(k for k in set(teacher) | set(teacher_config) if teacher.get(k) != teacher_config.get(k))
@@ -166,7 +209,9 @@ def read_files(batch: dict[str, np.ndarray], columns: list[str], storage_options
         fs, path = get_fs(str(url), storage_options=storage_options)
         with fs.open(path, "rb") as f:
             for record_batch in pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, columns=columns):
-                yield pa.Table.from_batches([record_batch])
+                table = pa.Table.from_batches([record_batch])
+                # which file each row came from, for error messages (a few KB beside ~40 MB of images)
+                yield table.append_column(schema.SOURCE_FILE, pa.array([str(url)] * table.num_rows, pa.string()))
 
 
 def build_dataset(info: DatasetInfo, seed: int, with_codes: bool, storage_options: dict | None = None,
@@ -209,11 +254,13 @@ class ViewSampler:
         seed: recipe seed (view choice).
         crop: crop size (= the dataset's crop_size).
         with_codes: also return the chosen views' proxy codes (stage 1).
+        codebook_size: codes must lie in [0, codebook_size) (checked per batch; None: not checked).
     """
 
     seed: int
     crop: int
     with_codes: bool = True
+    codebook_size: int | None = None
 
     def view_crop(self, batch: dict[str, np.ndarray], i: int, view: int) -> np.ndarray:
         """Row i's stored view `view`, cropped from its stored base image: (crop, crop, 3) uint8."""
@@ -238,6 +285,12 @@ class ViewSampler:
         out = {"images": images, "views": views, "keys": np.asarray(batch[schema.KEY], dtype=object)}
         if self.with_codes:
             out["codes"] = np.stack(codes)
+            if self.codebook_size is not None and (out["codes"].min() < 0 or out["codes"].max() >= self.codebook_size):
+                i = int(np.flatnonzero((out["codes"] < 0).any(1) | (out["codes"] >= self.codebook_size).any(1))[0])
+                source = batch[schema.SOURCE_FILE][i] if schema.SOURCE_FILE in batch else "the dataset"
+                raise DatasetError(f"--data: {source}, sample {batch[schema.KEY][i]}: proxy code "
+                                   f"{int(out['codes'][i].max())} is outside the teacher's codebook "
+                                   f"[0, {self.codebook_size}); the file is damaged or not from this teacher")
         return out
 
 

@@ -16,8 +16,9 @@ import sys
 import time
 from typing import Any
 
+from ..commit import OutputBusyError, OutputLease
 from ..runtime import forwarded_env, init_ray, load_model_uri, model_identity
-from ..storage import get_fs, is_local, join_url, local_path, write_json_atomic
+from ..storage import check_output, get_fs, is_local, join_url, local_path, storage_failure, write_json_atomic
 from .config import CHECKPOINTS_DIR, CONFIG_FILE, MODEL_DIR, ConfigError, TrainJobConfig
 from .data import DatasetError, check_layout, inspect_dataset
 from .recipes import get_recipe
@@ -51,6 +52,11 @@ def resolve_run(*, stage: int, preset: str, data: str, output: str, steps: int |
     """Resolve and check a run; raises ConfigError (one line) for anything a user got wrong."""
     from titok_core import PRESETS, MaskGITVQGAN, TiTok, TiTokReleased
 
+    storage_options = resources.get("storage_options")
+    try:
+        check_output(output, storage_options=storage_options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if stage == 2 and init is None:
         raise ConfigError("--stage 2 fine-tunes a stage-1 model: pass --init <stage-1 output>/model")
     try:
@@ -58,7 +64,6 @@ def resolve_run(*, stage: int, preset: str, data: str, output: str, steps: int |
     except ValueError as e:
         raise ConfigError(str(e)) from None
     model_cfg = PRESETS[recipe.model]
-    storage_options = resources.get("storage_options")
     # Ray Train workers run in their own working directory: every local path must be absolute.
     data, output = _absolute(data), _absolute(output)
     teacher, init = _absolute(teacher), _absolute(init)
@@ -98,6 +103,21 @@ def resolve_run(*, stage: int, preset: str, data: str, output: str, steps: int |
         raise ConfigError(str(e)) from None
 
 
+def _cause(error: BaseException) -> str:
+    """One line for a failed run: a data problem a worker found (DatasetError, the object store) if
+    there is one anywhere in Ray's error text, else the error's first line."""
+    text = str(error)
+    for marker in ("DatasetError: ",):
+        for line in text.splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1].strip()[:500]
+    outage = storage_failure(error)
+    if outage:
+        return f"storage unreachable or failing ({outage}); rerun the same command to resume from the last checkpoint"
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:500]}"
+
+
 def finished_step(output: str, storage_options: dict | None = None) -> dict[str, Any] | None:
     """The `training` record of an already exported model in `output`, if there is one."""
     fs, path = get_fs(join_url(output, MODEL_DIR, "config.json"), storage_options=storage_options)
@@ -106,7 +126,7 @@ def finished_step(output: str, storage_options: dict | None = None) -> dict[str,
     return json.loads(fs.cat_file(path)).get("training")
 
 
-def check_output(cfg: TrainJobConfig) -> dict[str, Any] | None:
+def check_previous_run(cfg: TrainJobConfig) -> dict[str, Any] | None:
     """Refuse an output that holds a different run; returns the finished-run record if complete."""
     fs, path = get_fs(join_url(cfg.output, CONFIG_FILE), storage_options=cfg.storage_options)
     if fs.exists(path):
@@ -130,8 +150,20 @@ def check_output(cfg: TrainJobConfig) -> dict[str, Any] | None:
 
 
 def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
-    """Train (or resume, or do nothing if finished); returns the exit code."""
-    done = check_output(cfg)
+    """Train (or resume, or do nothing if finished) under the output's lease; returns the exit code.
+
+    Raises:
+        ConfigError: another run is writing the same output.
+    """
+    try:
+        with OutputLease(cfg.output, "train", cfg.storage_options):
+            return _train(cfg, ray_address)
+    except OutputBusyError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _train(cfg: TrainJobConfig, ray_address: str | None) -> int:
+    done = check_previous_run(cfg)
     model_url = join_url(cfg.output, MODEL_DIR)
     if done is not None:
         print(f"already trained: {model_url} is at step {done['step']} of {cfg.recipe.max_steps} "
@@ -175,8 +207,7 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
     try:
         result = trainer.fit()
     except Exception as e:  # TrainingFailedError after max_failures restarts, or a controller error
-        print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e) else ''}",
-              file=sys.stderr)
+        print(f"error: training failed: {_cause(e)}", file=sys.stderr)
         return 1
     if getattr(result, "error", None):
         print(f"error: training failed: {result.error}", file=sys.stderr)
@@ -192,4 +223,4 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
     return 0
 
 
-__all__ = ["ConfigError", "TrainJobConfig", "check_output", "resolve_run", "run"]
+__all__ = ["ConfigError", "TrainJobConfig", "check_previous_run", "resolve_run", "run"]

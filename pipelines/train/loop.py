@@ -173,7 +173,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0") or 0)
 
     if progress.step < recipe.max_steps:
-        sampler = ViewSampler(recipe.seed, job.dataset.metadata.crop_size, with_codes=task.with_codes)
+        meta = job.dataset.metadata
+        sampler = ViewSampler(recipe.seed, meta.crop_size, with_codes=task.with_codes,
+                              codebook_size=meta.proxy_codebook_size)
         batches = iterate_batches(ray.train.get_dataset_shard("train"), sampler, micro_batch=job.micro_batch,
                                   start_epoch=progress.epoch, start_batch=progress.batch,
                                   shuffle_seed=recipe.seed * 1000 + rank, shuffle_buffer=recipe.shuffle_buffer,
