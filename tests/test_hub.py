@@ -1,0 +1,272 @@
+"""Official models by their Hugging Face Hub names.
+
+- titok_core reads a directory in the official Hub layout (model.safetensors under the official names +
+  the official nested config.json): the conformance fixtures written that way give the official outputs,
+  a small model gives exactly what its official `.bin` gives, the released configs give the presets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from titok_core import (
+    GENERATOR_PRESETS,
+    PRESETS,
+    VQGAN_PRESETS,
+    BertGenerator,
+    BertGeneratorConfig,
+    MaskGITVQGAN,
+    TiTok,
+    TiTokReleased,
+    UViTGenerator,
+    UViTGeneratorConfig,
+    build_generator,
+    load_model,
+)
+from titok_core.checkpoints import (
+    CheckpointMismatchError,
+    generator_ours_to_official,
+    model_from_official,
+    ours_to_official,
+)
+from titok_core.presets import TiTokConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFORMANCE = REPO.parent / "shared" / "conformance"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing models the way the official code publishes them.
+
+
+def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict under the official names (what the official module's state_dict() holds)."""
+    if isinstance(model, (BertGenerator, UViTGenerator)):
+        sd = generator_ours_to_official(model)
+    elif isinstance(model, MaskGITVQGAN):
+        sd = model.state_dict()
+    else:
+        released = isinstance(model, TiTokReleased)
+        sd = {ours_to_official(k, released): v for k, v in model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in sd.items()}  # clone: the split q/k/v share storage
+
+
+def write_hub_dir(directory: Path, model: torch.nn.Module, config: dict) -> Path:
+    """A directory as in a Hub repository of the official models: model.safetensors + config.json."""
+    directory.mkdir(parents=True)
+    save_file(official_state_dict(model), str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config, indent=4))
+    return directory
+
+
+def write_bin(path: Path, model: torch.nn.Module) -> Path:
+    torch.save(official_state_dict(model), path)
+    return path
+
+
+def official_config(vq_model: dict, crop_size: int, generator: dict | None = None, **extra) -> dict:
+    """config.json as the official `_save_pretrained` writes it: the whole OmegaConf config of the
+    official `configs/infer/*.yaml` (experiment, model.vq_model [+ model.generator], dataset), with
+    its `${...}` references left unresolved."""
+    model = {"vq_model": vq_model, **({"generator": generator} if generator else {})}
+    return {"experiment": {"output_dir": "titok"}, "model": model,
+            "dataset": {"preprocessing": {"crop_size": crop_size}}, **extra}
+
+
+def generator_section(model_type: str, width: int, depth: int, heads: int, mlp: int, classes: int) -> dict:
+    return {"model_type": model_type, "hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads,
+            "intermediate_size": mlp, "dropout": 0.1, "attn_drop": 0.1, "num_steps": 8, "class_label_dropout": 0.1,
+            "image_seq_len": "${model.vq_model.num_latent_tokens}", "condition_num_classes": classes}
+
+
+# The official configs of the releases (1d-tokenizer configs/infer/TiTok/titok_{l32,b64,s128}.yaml).
+RELEASES = {
+    "L-32": ("large", 32, generator_section("ViT", 768, 24, 16, 3072, 1000)),
+    "B-64": ("base", 64, generator_section("ViT", 768, 24, 16, 3072, 1000)),
+    "S-128": ("small", 128, generator_section("UViT", 1024, 20, 16, 4096, 1000)),
+}
+
+
+def release_config(preset: str) -> dict:
+    size, tokens, generator = RELEASES[preset]
+    vq = {"codebook_size": 4096, "token_size": 12, "use_l2_norm": True, "commitment_cost": 0.25,
+          "vit_enc_model_size": size, "vit_dec_model_size": size, "vit_enc_patch_size": 16, "vit_dec_patch_size": 16,
+          "num_latent_tokens": tokens, "finetune_decoder": True}
+    return official_config(vq, 256, generator)
+
+
+# Small models the official `.bin` path can load too (official widths give it the head counts).
+SMALL_SIZE = {"small-1layer": {"width": 512, "num_layers": 1, "num_heads": 8}}
+SMALL_TITOK = TiTokConfig(image_size=64, enc_width=512, enc_layers=1, enc_heads=8, dec_width=512, dec_layers=1,
+                          dec_heads=8, num_latent_tokens=8, codebook_size=32, pixel_vqgan=VQGAN_PRESETS["debug"])
+
+
+def small_titok_config(finetune_decoder: bool = True) -> dict:
+    vq = {"codebook_size": 32, "token_size": 12, "use_l2_norm": True, "commitment_cost": 0.25,
+          "vit_enc_model_size": "small-1layer", "vit_dec_model_size": "small-1layer", "vit_enc_patch_size": 16,
+          "vit_dec_patch_size": 16, "num_latent_tokens": 8, "finetune_decoder": finetune_decoder}
+    return official_config(vq, 64, extra_size_map=SMALL_SIZE)
+
+
+SMALL_GENERATORS = {
+    "bert": (BertGeneratorConfig(codebook_size=64, num_latent_tokens=8, num_classes=10, width=768, depth=1,
+                                 num_heads=16, mlp_dim=256), generator_section("ViT", 768, 1, 16, 256, 10)),
+    "uvit": (UViTGeneratorConfig(codebook_size=64, num_latent_tokens=8, num_classes=10, width=768, depth=2,
+                                 num_heads=16, mlp_dim=256), generator_section("UViT", 768, 2, 16, 256, 10)),
+}
+TEACHER_CONFIG = {  # the conformance fixtures' teacher config structure, for VQGAN_PRESETS["debug"]
+    "vqgan_conf": {"channel_mult": [1, 1, 2, 2, 2], "num_resolutions": 5, "dropout": 0.0, "hidden_channels": 32,
+                   "num_channels": 3, "num_res_blocks": 1, "resolution": 256, "z_channels": 32},
+    "quantizer": {"num_embeddings": 1024, "embedding_dim": 32, "commitment_cost": 0.25},
+}
+
+
+def small_model(kind: str) -> tuple[torch.nn.Module, dict]:
+    """(random model, its official config.json) for kind in titok, titok_released, bert, uvit, teacher."""
+    torch.manual_seed(0)
+    if kind == "titok":
+        return TiTok(SMALL_TITOK).eval(), small_titok_config(finetune_decoder=False)
+    if kind == "titok_released":
+        return TiTokReleased(SMALL_TITOK).eval(), small_titok_config()
+    if kind == "teacher":
+        return MaskGITVQGAN(VQGAN_PRESETS["debug"]).eval(), TEACHER_CONFIG
+    cfg, section = SMALL_GENERATORS[kind]
+    vq = {"codebook_size": cfg.codebook_size, "num_latent_tokens": cfg.num_latent_tokens}
+    return build_generator(cfg).eval(), official_config(vq, 256, section)
+
+
+def outputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a user computes with the model, on fixed inputs."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if isinstance(model, (BertGenerator, UViTGenerator)):
+            cfg = model.config
+            ids = torch.randint(0, cfg.codebook_size + 1, (2, cfg.num_latent_tokens), generator=g)
+            return {"logits": model(ids, torch.tensor([3, 7]), cond_drop_prob=0.0)}
+        x = torch.rand(2, 3, 64, 64, generator=g)
+        if isinstance(model, MaskGITVQGAN):
+            codes = model.encode(x)
+            return {"codes": codes, "decoded": model.decode(codes)}
+        tokens = model.encode(x)
+        return {"tokens": tokens, "decoded": model.decode_tokens(tokens)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# titok_core: the Hub layout.
+
+FIXTURES = ["titok_tiny_stage1", "titok_tiny_stage2", "maskgit_generator_tiny", "uvit_generator_tiny",
+            "maskgit_vqgan_tiny"]
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_conformance_fixture_in_the_hub_layout_computes_the_official_outputs(tmp_path: Path, name: str) -> None:
+    """A fixture's official config.json and weights, laid out as a Hub repository, load by path alone and
+    reproduce the official implementation's outputs (ints exactly, floats within the fixtures' tolerance)."""
+    src = CONFORMANCE / "public" / name
+    config = json.loads((src / "config.json").read_text())
+    meta = json.loads((src / "fixture_meta.json").read_text())
+    if "extra_size_map" in meta:  # the fixtures' tiny ViT sizes, which the official size table lacks
+        config["extra_size_map"] = meta["extra_size_map"]
+    hub = tmp_path / name
+    hub.mkdir()
+    (hub / "config.json").write_text(json.dumps(config))
+    shutil.copy(src / "weights.safetensors", hub / "model.safetensors")
+    model = load_model(hub)
+    inputs, expected = load_file(str(src / "inputs.safetensors")), load_file(str(src / "expected.safetensors"))
+    close = dict(atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        if name.startswith("titok"):
+            assert type(model) is (TiTokReleased if name.endswith("stage2") else TiTok)
+            tokens = expected["min_encoding_indices"].flatten(1)
+            assert torch.equal(model.encode(inputs["pixel_values"]), tokens)
+            torch.testing.assert_close(model.decode_tokens(tokens), expected["decode_tokens"], **close)
+        elif "generator" in name:
+            assert type(model) is (UViTGenerator if name.startswith("uvit") else BertGenerator)
+            logits = model(inputs["input_ids"], inputs["condition"], cond_drop_prob=0.0)
+            torch.testing.assert_close(logits, expected["logits_cond"], **close)
+        else:
+            assert type(model) is MaskGITVQGAN
+            assert torch.equal(model.encode(inputs["pixel_values"]), expected["codebook_indices"])
+            torch.testing.assert_close(model.decode(expected["codebook_indices"]), expected["decoded_clamped"], **close)
+
+
+@pytest.mark.parametrize("kind", ["titok", "titok_released", "bert", "uvit", "teacher"])
+def test_hub_directory_loads_what_the_official_bin_of_the_same_weights_loads(tmp_path: Path, kind: str) -> None:
+    model, config = small_model(kind)
+    from_bin = load_model(write_bin(tmp_path / "official.bin", model))
+    from_hub = load_model(write_hub_dir(tmp_path / "hub", model, config))
+    assert type(from_hub) is type(from_bin) is type(model)
+    assert from_hub.config == from_bin.config
+    for (k, a), (k2, b) in zip(from_hub.state_dict().items(), model.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    hub_out, bin_out = outputs(from_hub), outputs(from_bin)
+    for key in bin_out:
+        assert torch.equal(hub_out[key], bin_out[key]), key
+    # model.safetensors names the directory too, as for our format
+    assert type(load_model(tmp_path / "hub" / "model.safetensors")) is type(model)
+
+
+@pytest.mark.parametrize("preset", sorted(RELEASES))
+def test_release_configs_describe_the_presets(preset: str) -> None:
+    """The config.json of each released tokenizer and generator, with the released state dict's names and
+    shapes (the conformance manifests; no weights), gives exactly our preset."""
+    def manifest_tensors(name: str) -> dict[str, torch.Tensor]:
+        m = json.loads((CONFORMANCE / "manifests" / f"{name}.json").read_text())
+        return {k: torch.empty(v["shape"], device="meta") for k, v in m["state_dict"].items()}
+
+    suffix = preset.replace("-", "").lower()  # L-32 -> l32
+    config = release_config(preset)
+    tokenizer = model_from_official(manifest_tensors(f"titok_{suffix}_stage2_released"), "hub", config=config)
+    assert type(tokenizer) is TiTokReleased and tokenizer.config == PRESETS[preset]
+    generator = model_from_official(manifest_tensors(f"generator_titok_{suffix}"), "hub", config=config)
+    assert generator.config == GENERATOR_PRESETS[preset]
+
+
+def _edit(config: dict, path: str, value) -> dict:
+    config = json.loads(json.dumps(config))
+    *parents, last = path.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("kind,path,value,message", [
+    ("titok_released", "model.vq_model.vit_enc_model_size", "large",
+     r"does not describe model.safetensors \(config != tensors\): enc_width 1024 != 512; enc_layers 24 != 1"),
+    ("titok_released", "model.vq_model.finetune_decoder", False,
+     r"says finetune_decoder=false \(the stage-1 form\) but model.safetensors holds a pixel decoder"),
+    ("titok", "model.vq_model.finetune_decoder", None,  # absent: the official default, the released form
+     r"says finetune_decoder=true \(the released form\) but model.safetensors holds no pixel_decoder"),
+    ("titok_released", "model.vq_model.vit_dec_model_size", "tiny", r"unknown ViT size 'tiny'"),
+    ("titok_released", "model.vq_model.quantize_mode", "vae", r"quantize_mode 'vae' is not supported"),
+    ("titok_released", "dataset", None, r"config.json has no 'dataset' entry"),
+    ("bert", "model.generator.model_type", "UViT", r"architecture uvit != bert"),
+    ("bert", "model.generator.image_seq_len", "${model.vq_model.nothing}",
+     r"\$\{model.vq_model.nothing\} names no value"),
+    ("uvit", "model.generator.intermediate_size", 512, r"mlp_dim 512 != 256"),
+    ("teacher", "vqgan_conf.hidden_channels", 64, r"channels \(64, 64, 128, 128, 128\) != \(32, 32, 64, 64, 64\)"),
+])
+def test_hub_config_that_does_not_fit_is_one_line(tmp_path: Path, kind: str, path: str, value, message: str) -> None:
+    model, config = small_model(kind)
+    hub = write_hub_dir(tmp_path / "hub", model, _edit(config, path, value))
+    with pytest.raises(CheckpointMismatchError, match=message) as e:
+        load_model(hub)
+    assert "\n" not in str(e.value) and str(hub) in str(e.value)
+
+
+def test_hub_directory_without_weights_is_one_line(tmp_path: Path) -> None:
+    hub = write_hub_dir(tmp_path / "hub", *small_model("titok_released"))
+    (hub / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"hub has no model.safetensors \(expected model.safetensors"):
+        load_model(hub)
