@@ -3,20 +3,32 @@
 - titok_core reads a directory in the official Hub layout (model.safetensors under the official names +
   the official nested config.json): the conformance fixtures written that way give the official outputs,
   a small model gives exactly what its official `.bin` gives, the released configs give the presets.
+- pipelines.storage resolves `hf://` names through huggingface_hub's cache: a pre-filled cache works
+  with HF_HUB_OFFLINE=1 and with the Hub unreachable; a miss is one line naming the model, the cache
+  and the command that pre-fills it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import hf_cache
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipelines.storage import HubName, fetch_to_cache
 from titok_core import (
+    GENERATOR_HUB_MODELS,
     GENERATOR_PRESETS,
+    HUB_MODELS,
     PRESETS,
     VQGAN_PRESETS,
     BertGenerator,
@@ -270,3 +282,131 @@ def test_hub_directory_without_weights_is_one_line(tmp_path: Path) -> None:
     (hub / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"hub has no model.safetensors \(expected model.safetensors"):
         load_model(hub)
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipelines.storage: hf:// names and the Hugging Face cache.
+
+
+def test_hub_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert HubName.parse(HUB_MODELS["L-32"]) == HubName("yucornetto/tokenizer_titok_l32_imagenet")
+    assert HubName.parse(HUB_MODELS["maskgit-vqgan"]) == HubName("fun-research/TiTok", None,
+                                                                  "maskgit-vqgan-imagenet-f16-256.bin")
+    assert HubName.parse("hf://owner/name@v1.0") == HubName("owner/name", "v1.0")
+    assert HubName.parse("hf://owner/name@refs%2Fpr%2F3/sub/model.bin") == HubName("owner/name", "refs/pr/3",
+                                                                                     "sub/model.bin")
+    assert all(HubName.parse(n).filename is None for n in GENERATOR_HUB_MODELS.values())
+    for bad in ("hf://name-only", "hf://", "hf:///name"):
+        with pytest.raises(ValueError, match="is not a Hugging Face Hub name: write hf://owner/name"):
+            fetch_to_cache(bad)
+    # A bare repo id is a relative path (it may name a local directory); a missing one says how to name the Hub.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="for the Hugging Face model yucornetto/tokenizer_titok_l32_imagenet "
+                                                "write hf://yucornetto/tokenizer_titok_l32_imagenet$"):
+        fetch_to_cache("yucornetto/tokenizer_titok_l32_imagenet", option="--tokenizer")
+    local = tmp_path / "yucornetto" / "tokenizer_titok_l32_imagenet"
+    local.mkdir(parents=True)
+    assert fetch_to_cache("yucornetto/tokenizer_titok_l32_imagenet") == str(local)
+
+
+# Loads each URI through pipelines.runtime.load_model_uri in a fresh process (huggingface_hub reads HF_HOME,
+# HF_HUB_OFFLINE and HF_ENDPOINT at import) and writes what came back: kind, path, config, weights.
+LOADER = """
+import json, sys
+from safetensors.torch import save_file
+from pipelines.runtime import load_model_uri
+out = {}
+for i, uri in enumerate(sys.argv[2:]):
+    try:
+        path, model = load_model_uri(uri, option="--model", what="model weights")
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        out[uri] = {"error": str(e)}
+        continue
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{sys.argv[1]}/{i}.safetensors")
+    out[uri] = {"kind": type(model).__name__, "path": path, "config": model.config.to_dict(), "weights": i}
+json.dump(out, open(f"{sys.argv[1]}/result.json", "w"))
+"""
+
+
+def hf_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "TRANSFORMERS_OFFLINE"}
+    return {**env, "HF_HOME": str(home), "PYTHONPATH": str(REPO), **extra}
+
+
+def load_in_fresh_process(tmp_path: Path, env: dict[str, str], uris: list[str]) -> dict[str, dict]:
+    out = tmp_path / f"loaded-{len(list(tmp_path.glob('loaded-*')))}"
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", LOADER, str(out), *uris], env=env, cwd=REPO, check=True, timeout=300)
+    result = json.loads((out / "result.json").read_text())
+    for r in result.values():
+        if "weights" in r:
+            r["weights"] = load_file(str(out / f"{r['weights']}.safetensors"))
+    return result
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def filled_cache(tmp_path: Path) -> tuple[Path, dict[str, torch.nn.Module], dict[str, str]]:
+    """HF_HOME whose cache holds small stand-ins under the official names, as `hf download` leaves them:
+    the L-32 tokenizer and generator repositories and the teacher file of fun-research/TiTok."""
+    home = tmp_path / "hf"
+    models, commits = {}, {}
+    for uri, kind in ((HUB_MODELS["L-32"], "titok_released"), (GENERATOR_HUB_MODELS["L-32"], "bert")):
+        model, config = small_model(kind)
+        hub = write_hub_dir(tmp_path / kind, model, config)
+        commits[uri] = hf_cache.fill(home / "hub", HubName.parse(uri).repo_id,
+                                     {f.name: f for f in hub.iterdir()})
+        models[uri] = model
+    teacher = HubName.parse(HUB_MODELS["maskgit-vqgan"])
+    models[HUB_MODELS["maskgit-vqgan"]] = small_model("teacher")[0]
+    commits[HUB_MODELS["maskgit-vqgan"]] = hf_cache.fill(
+        home / "hub", teacher.repo_id, {teacher.filename: write_bin(tmp_path / "teacher.bin", small_model("teacher")[0])})
+    return home, models, commits
+
+
+def test_filled_cache_is_a_cache_huggingface_hub_recognises(filled_cache) -> None:
+    from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+    home, models, commits = filled_cache
+    info = scan_cache_dir(home / "hub")
+    assert not info.warnings
+    assert {r.repo_id for r in info.repos} == {HubName.parse(u).repo_id for u in models}
+    tokenizer = HubName.parse(HUB_MODELS["L-32"]).repo_id
+    cached = try_to_load_from_cache(tokenizer, "model.safetensors", cache_dir=home / "hub")
+    assert cached == str(home / "hub" / f"models--{tokenizer.replace('/', '--')}" / "snapshots" /
+                         commits[HUB_MODELS["L-32"]] / "model.safetensors")
+
+
+def test_prefilled_cache_loads_with_hf_hub_offline(tmp_path: Path, filled_cache) -> None:
+    home, models, commits = filled_cache
+    tokenizer = HUB_MODELS["L-32"]
+    uris = [tokenizer, f"{tokenizer}@main", f"{tokenizer}@{commits[tokenizer]}", GENERATOR_HUB_MODELS["L-32"],
+            HUB_MODELS["maskgit-vqgan"], f"{tokenizer}@v2"]
+    result = load_in_fresh_process(tmp_path, hf_env(home, HF_HUB_OFFLINE="1"), uris)
+    for uri in uris[:-1]:
+        model = models[uri.split("@")[0]]
+        r = result[uri]
+        assert "error" not in r, r
+        assert r["kind"] == type(model).__name__ and r["config"] == json.loads(json.dumps(model.config.to_dict()))
+        assert r["path"].startswith(str(home / "hub" / "models--"))
+        assert all(torch.equal(r["weights"][k], v) for k, v in model.state_dict().items())
+    assert result[tokenizer]["path"].endswith(f"/snapshots/{commits[tokenizer]}")
+    assert result[HUB_MODELS["maskgit-vqgan"]]["path"].endswith("/maskgit-vqgan-imagenet-f16-256.bin")
+    # a revision the cache does not hold: one line, not a download
+    error = result[f"{tokenizer}@v2"]["error"]
+    assert "\n" not in error and "is not in the Hugging Face cache" in error and "--revision v2" in error
+
+
+def test_unreachable_hub_falls_back_to_the_cache_and_explains_a_miss(tmp_path: Path, filled_cache) -> None:
+    home, models, _ = filled_cache
+    uncached = "hf://yucornetto/tokenizer_titok_s128_imagenet"
+    env = hf_env(home, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")  # online, but the Hub does not answer
+    result = load_in_fresh_process(tmp_path, env, [HUB_MODELS["L-32"], HUB_MODELS["maskgit-vqgan"], uncached])
+    assert result[HUB_MODELS["L-32"]]["kind"] == "TiTokReleased"
+    assert result[HUB_MODELS["maskgit-vqgan"]]["kind"] == "MaskGITVQGAN"
+    error = result[uncached]["error"]
+    assert "\n" not in error and re.search(r"is not in the Hugging Face cache \S+ \(\w*Connect\w*Error", error), error
