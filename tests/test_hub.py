@@ -6,6 +6,7 @@
 - pipelines.storage resolves `hf://` names through huggingface_hub's cache: a pre-filled cache works
   with HF_HUB_OFFLINE=1 and with the Hub unreachable; a miss is one line naming the model, the cache
   and the command that pre-fills it.
+- README.md's model table names every official release with its parameter count.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -51,6 +53,7 @@ from titok_core.presets import TiTokConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO.parent / "shared" / "conformance"
+VENV_BIN = Path(sys.executable).parent
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,3 +413,44 @@ def test_unreachable_hub_falls_back_to_the_cache_and_explains_a_miss(tmp_path: P
     assert result[HUB_MODELS["maskgit-vqgan"]]["kind"] == "MaskGITVQGAN"
     error = result[uncached]["error"]
     assert "\n" not in error and re.search(r"is not in the Hugging Face cache \S+ \(\w*Connect\w*Error", error), error
+
+
+def test_offline_miss_is_one_line_naming_model_cache_and_how_to_prefill(tmp_path: Path, filled_cache) -> None:
+    """tokenize_dataset.py with its default tokenizer, offline, on an empty cache: exit 2 and one line;
+    the command it names, run as given, fills the cache (here from the filled one, offline)."""
+    empty = tmp_path / "empty-hf"
+    job = subprocess.run([sys.executable, "jobs/tokenize_dataset.py", "--input", str(tmp_path / "none"),
+                          "--output", str(tmp_path / "out")], env=hf_env(empty, HF_HUB_OFFLINE="1"), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert job.returncode == 2, job.stderr
+    (line,) = job.stderr.strip().splitlines()
+    assert line.startswith(f"error: --tokenizer: tokenizer weights {HUB_MODELS['L-32']} is not in the Hugging Face "
+                           f"cache {empty / 'hub'} (HF_HUB_OFFLINE is set); pre-fill")
+    (command,) = re.findall(r"`([^`]+)`", line)
+    assert command == "hf download yucornetto/tokenizer_titok_l32_imagenet config.json model.safetensors"
+    home, _, commits = filled_cache
+    run = subprocess.run([str(VENV_BIN / "hf"), *shlex.split(command)[1:]], env=hf_env(home, HF_HUB_OFFLINE="1"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1].endswith(f"snapshots/{commits[HUB_MODELS['L-32']]}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# README.md: the model table.
+
+
+def test_readme_model_table_names_every_release_with_its_parameter_count() -> None:
+    manifests = {HUB_MODELS["maskgit-vqgan"]: "maskgit_vqgan_imagenet_f16_256"}
+    for preset in ("L-32", "B-64", "S-128"):
+        suffix = preset.replace("-", "").lower()
+        manifests[HUB_MODELS[preset]] = f"titok_{suffix}_stage2_released"
+        manifests[GENERATOR_HUB_MODELS[preset]] = f"generator_titok_{suffix}"
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("|") and (names := re.findall(r"`(hf://[^`]+)`", line)):
+            (params,) = re.findall(r"\| ([\d.]+) M \|", line)
+            rows[names[0]] = float(params)
+    assert set(rows) == set(manifests), "README's model table and titok_core's Hub names differ"
+    for name, manifest in manifests.items():
+        total = json.loads((CONFORMANCE / "manifests" / f"{manifest}.json").read_text())["total_parameters"]
+        assert rows[name] == round(total / 1e6, 1), name
