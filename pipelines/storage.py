@@ -443,8 +443,13 @@ class HubName:
 
 
 def hf_cache_dir() -> str:
-    """Where huggingface_hub keeps its downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    """Where huggingface_hub keeps its downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else its default
+    (~/.cache/huggingface/hub). Read now: huggingface_hub reads them once, at import."""
     from huggingface_hub import constants
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
     return constants.HF_HUB_CACHE
 
 
@@ -460,8 +465,9 @@ def fetch_hf(uri: str, what: str = "weights", option: str = "--teacher") -> str:
     `hf://owner/name[@revision]` gives the repository's snapshot directory, with only
     HUB_LAYOUT_FILES fetched (the layout titok_core.load_model reads); `hf://owner/name[@revision]/file`
     gives that one file (e.g. an official `.bin`). The cache, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
-    HF_ENDPOINT and HF_TOKEN work as for every huggingface_hub download; offline or with the Hub
-    unreachable, a cached copy is used.
+    HF_ENDPOINT and HF_TOKEN work as for every huggingface_hub download (the first three also when set
+    after huggingface_hub was imported); offline or with the Hub unreachable, a cached copy is used
+    (unreachable: after huggingface_hub's retries, about 20 s for a single file).
 
     Raises:
         ValueError: a malformed name.
@@ -477,16 +483,17 @@ def fetch_hf(uri: str, what: str = "weights", option: str = "--teacher") -> str:
     )
 
     name = HubName.parse(uri)
-    offline = hf_offline()
+    offline, cache = hf_offline(), hf_cache_dir()
     try:
         if name.filename:
-            return hf_hub_download(name.repo_id, name.filename, revision=name.revision, local_files_only=offline)
+            return hf_hub_download(name.repo_id, name.filename, revision=name.revision, cache_dir=cache,
+                                   local_files_only=offline)
         path = snapshot_download(name.repo_id, revision=name.revision, allow_patterns=list(HUB_LAYOUT_FILES),
-                                 local_files_only=offline)
+                                 cache_dir=cache, local_files_only=offline)
     except LocalEntryNotFoundError as e:  # not (completely) in the cache, and no way to download it
         reason = "HF_HUB_OFFLINE is set" if offline else _first_line(e.__cause__ or e, "the Hub is unreachable")
         raise RuntimeError(
-            f"{option}: {what} {uri} is not in the Hugging Face cache {hf_cache_dir()} ({reason}); pre-fill "
+            f"{option}: {what} {uri} is not in the Hugging Face cache {cache} ({reason}); pre-fill "
             f"the cache on a machine with network: `{name.download_command()}`, then copy that cache here "
             "(or point HF_HOME at a copy)") from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:

@@ -415,6 +415,22 @@ def test_unreachable_hub_falls_back_to_the_cache_and_explains_a_miss(tmp_path: P
     assert "\n" not in error and re.search(r"is not in the Hugging Face cache \S+ \(\w*Connect\w*Error", error), error
 
 
+def test_hf_settings_are_read_when_a_model_is_fetched(tmp_path: Path, filled_cache,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HOME / HF_HUB_OFFLINE set after huggingface_hub was imported (a notebook, a test) still count."""
+    import huggingface_hub  # noqa: F401  (imported before the settings change)
+    home, models, _ = filled_cache
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = fetch_to_cache(HUB_MODELS["L-32"], what="tokenizer", option="--tokenizer")
+    assert path.startswith(str(home / "hub"))
+    assert load_model(path).config == models[HUB_MODELS["L-32"]].config
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "other-hf"))
+    with pytest.raises(RuntimeError, match=f"not in the Hugging Face cache {tmp_path / 'other-hf' / 'hub'} "
+                                           r"\(HF_HUB_OFFLINE is set\)"):
+        fetch_to_cache(HUB_MODELS["L-32"], what="tokenizer", option="--tokenizer")
+
+
 def test_offline_miss_is_one_line_naming_model_cache_and_how_to_prefill(tmp_path: Path, filled_cache) -> None:
     """tokenize_dataset.py with its default tokenizer, offline, on an empty cache: exit 2 and one line;
     the command it names, run as given, fills the cache (here from the filled one, offline)."""
