@@ -7,13 +7,19 @@
   operator enforces (ray-operator/apis/ray/v1, controllers/ray/utils/validation.go).
 - Every job command in the manifests and the docs (`python jobs/<job>.py ...`) is parsed by that job's own
   `parse_args`, and its per-worker resource request must fit a worker type of each cluster.
-- cluster/onprem.yaml goes through `ray up` -> `ray job submit` -> `ray down` against an sshd on 127.0.0.1.
+- Ray's token authentication is on everywhere: the launcher YAMLs give every node your token and start
+  Ray with RAY_AUTH_MODE=token, the KubeRay clusters set `authOptions`, and the README tells clients how
+  to get the token.
+- cluster/onprem.yaml goes through `ray up` -> `ray job submit` -> `ray down` against an sshd on 127.0.0.1,
+  token authentication on.
+- README.md's local-head commands run exactly as written, token authentication on.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import shlex
@@ -789,3 +795,105 @@ def test_onprem_yaml_ray_up_then_a_job_then_ray_down(tmp_path: Path, sample_shar
         shutil.rmtree(temp_dir, ignore_errors=True)
         for suffix in ("lock", "state"):  # the local provider's bookkeeping, in Ray's default temp dir
             Path(f"/tmp/ray/cluster-{name}.{suffix}").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# README.md's local-head commands, as written, on a machine where token authentication is on.
+
+LOCAL_HEAD_MARK = "<!-- test: local-head"
+
+
+def marked_commands(path: Path, mark: str) -> list[str]:
+    """The commands of the bash block right after the line starting with `mark`, each exactly as written
+    (a command continued with backslashes keeps its lines)."""
+    lines = path.read_text().splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.startswith(mark)]
+    assert lines[start + 1].strip() == "```bash", f"{path.name}: no bash block right after {mark}"
+    commands, pending = [], []
+    for line in lines[start + 2:]:
+        if line.strip() == "```":
+            break
+        pending.append(line)
+        if not line.rstrip().endswith("\\"):
+            commands.append("\n".join(pending))
+            pending = []
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_local_head_commands_run_as_written_with_token_auth(tmp_path: Path, imagenet_sample_dir: Path,
+                                                                    tiny_teacher: str) -> None:
+    """README.md "Running on a cluster", section 0: its commands run one after the other in one shell,
+    unchanged, on a fresh machine: a new home (the token goes to ~/.ray), pictures in ~/titok/images, and
+    no network, with the teacher already in the Hugging Face cache under its Hub name (a tiny random one
+    stands in for the download). Between `ray start --head` and the job, a shell without
+    `export RAY_AUTH_MODE=token` submits the same job: it is refused with the message the README quotes.
+
+    The README uses Ray's default ports and `ray stop` stops every Ray it sees, so the machine is a
+    network, PID and mount namespace of its own (with a private /tmp/ray): nothing outside is touched,
+    and everything it started ends with it.
+    """
+    from hf_cache import fill
+    from pipelines.storage import HubName
+    from titok_core import HUB_MODELS
+
+    if os.geteuid() != 0:  # CI runs as root
+        pytest.skip("needs root: network, PID and mount namespaces for a cluster on Ray's default ports")
+    missing = [t for t in ("unshare", "ip", "mount") if not shutil.which(t)]
+    assert not missing, f"needs {', '.join(missing)} (util-linux, iproute2)"
+    commands = marked_commands(REPO / "README.md", LOCAL_HEAD_MARK)
+    (start,) = [i for i, c in enumerate(commands) if c.startswith("ray start --head")]
+    (submit,) = [i for i, c in enumerate(commands) if c.startswith("ray job submit")]
+    assert start < submit, "the README submits before it starts the head"
+
+    home = tmp_path / "home"
+    pictures = sorted(imagenet_sample_dir.glob("*.JPEG"))[:6]
+    for i, picture in enumerate(pictures):  # an ImageFolder: two classes
+        (home / "titok" / "images" / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(picture, home / "titok" / "images" / f"class{i % 2}" / picture.name)
+    teacher = HubName.parse(HUB_MODELS["maskgit-vqgan"])  # the precompute job's default --teacher
+    fill(home / ".cache" / "huggingface" / "hub", teacher.repo_id, {teacher.filename: Path(tiny_teacher)})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ray_tmp = Path(f"/tmp/rt-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths live below it
+    ray_tmp.mkdir()
+
+    refused = f"if (unset RAY_AUTH_MODE; {commands[submit]}) > {logs}/refused.log 2>&1; then echo 0; else echo $?; fi"
+    script = [
+        "set -euo pipefail",
+        "ip link set lo up",  # the namespace's loopback: Ray binds 127.0.0.1
+        f"mkdir -p /tmp/ray && mount --bind {ray_tmp} /tmp/ray",  # Ray's default temp dir, private to this machine
+        f"cd {REPO}",
+        *commands[:start + 1],
+        f"{refused} > {logs}/refused.rc",
+        *commands[start + 1:],
+    ]
+    (tmp_path / "commands.sh").write_text("\n".join(script) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "HF_")) and k != "TRANSFORMERS_OFFLINE"}
+    env.update(HOME=str(home), PATH=f"{VENV_BIN}:{os.environ['PATH']}", PYTHONPATH=str(REPO),  # this checkout
+               RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
+    try:
+        t0 = time.time()
+        run = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+                              "bash", str(tmp_path / "commands.sh")],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        elapsed = time.time() - t0
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+        sessions = [p.name for p in ray_tmp.glob("session_2*")]
+        assert sessions, "no Ray session was started"
+        assert not [p for s in sessions for p in processes_mentioning(s)], "a process of the cluster outlived it"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    assert (home / ".ray" / "auth_token").is_file()
+    # the shell without the export was refused, with the line the README quotes next to the commands
+    assert int((logs / "refused.rc").read_text()) != 0
+    refused_log = (logs / "refused.log").read_text()
+    quoted = re.findall(r"Authentication required: [^\n]*Missing authentication token", refused_log)
+    assert quoted, refused_log[-2000:]
+    assert quoted[0] in (REPO / "README.md").read_text(), f"README.md does not quote {quoted[0]!r}"
+    # the job ran: one row per picture, with the teacher the Hugging Face cache held under its Hub name
+    assert len(pd.read_parquet(home / "titok" / "proxy")) == len(pictures)
+    summary = json.loads((home / "titok" / "proxy" / "_summary.json").read_text())
+    assert f"models--{teacher.repo_id.replace('/', '--')}/snapshots/" in summary["model"]["teacher"]["source"]
+    print(f"README local-head commands: {elapsed:.1f} s")
