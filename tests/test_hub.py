@@ -388,9 +388,9 @@ def test_prefilled_cache_loads_with_hf_hub_offline(tmp_path: Path, filled_cache)
     home, models, commits = filled_cache
     tokenizer = HUB_MODELS["L-32"]
     uris = [tokenizer, f"{tokenizer}@main", f"{tokenizer}@{commits[tokenizer]}", GENERATOR_HUB_MODELS["L-32"],
-            HUB_MODELS["maskgit-vqgan"], f"{tokenizer}@v2"]
+            HUB_MODELS["maskgit-vqgan"], f"{tokenizer}@v2", "hf://fun-research/TiTok"]
     result = load_in_fresh_process(tmp_path, hf_env(home, HF_HUB_OFFLINE="1"), uris)
-    for uri in uris[:-1]:
+    for uri in uris[:-2]:
         model = models[uri.split("@")[0]]
         r = result[uri]
         assert "error" not in r, r
@@ -402,6 +402,11 @@ def test_prefilled_cache_loads_with_hf_hub_offline(tmp_path: Path, filled_cache)
     # a revision the cache does not hold: one line, not a download
     error = result[f"{tokenizer}@v2"]["error"]
     assert "\n" not in error and "is not in the Hugging Face cache" in error and "--revision v2" in error
+    # a repository of loose files (the teacher's) is not a model: name one of its files
+    error = result["hf://fun-research/TiTok"]["error"]
+    assert error.endswith("has no config.json or model.safetensors (a Hub-layout model repository holds "
+                          "config.json + model.safetensors); to load one file of the repository, name it: "
+                          "hf://fun-research/TiTok/<file>"), error
 
 
 def test_unreachable_hub_falls_back_to_the_cache_and_explains_a_miss(tmp_path: Path, filled_cache) -> None:
