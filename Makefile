@@ -18,14 +18,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The on-prem cluster test runs `ray up` over a real sshd on 127.0.0.1; as root, install its tools.
-SYSTEM_TOOLS := sshd rsync nc
+# The on-prem cluster test runs `ray up` over a real sshd on 127.0.0.1, the README local-head test runs
+# Ray in a network namespace of its own (ip brings its loopback up); as root, install their tools.
+SYSTEM_TOOLS := sshd rsync nc ip
 sysdeps:
 	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
 	if [ $$missing = 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing openssh-server rsync netcat-openbsd for the cluster test"; \
+	  echo "installing openssh-server rsync netcat-openbsd iproute2 for the cluster tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    openssh-server rsync netcat-openbsd >/dev/null; fi
+	    openssh-server rsync netcat-openbsd iproute2 >/dev/null; fi
 
 test: setup sysdeps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -20,15 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines import runtime  # noqa: E402
 from pipelines.encode import options  # noqa: E402
-from titok_core import OFFICIAL_URLS, MaskGITVQGAN  # noqa: E402
+from titok_core import HUB_MODELS, MaskGITVQGAN  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = runtime.JobArgumentParser(prog="precompute_proxy.py", description=__doc__)
     options.add_io_args(p)
     options.add_image_args(p)
-    p.add_argument("--teacher", default=OFFICIAL_URLS["maskgit-vqgan"],
-                   help="MaskGIT-VQGAN weights: official .bin or our checkpoint directory; path, URL or s3://")
+    p.add_argument("--teacher", default=HUB_MODELS["maskgit-vqgan"],
+                   help="MaskGIT-VQGAN weights: official .bin or our checkpoint directory; path, hf:// name, URL "
+                        "or s3://")
     p.add_argument("--image-format", choices=options.STORED_IMAGE_FORMATS, default="png",
                    help="how the base image is stored: png (lossless) or jpeg (q95; codes are computed on the "
                         "decoded JPEG, so they match what readers decode)")

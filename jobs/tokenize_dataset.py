@@ -8,7 +8,7 @@ command; committed files are skipped, nothing is lost or doubled. The tokenizer'
 
 example:
   ray job submit --working-dir . -- python jobs/tokenize_dataset.py \\
-      --tokenizer https://huggingface.co/fun-research/TiTok/resolve/main/tokenizer_titok_l32.bin \\
+      --tokenizer hf://yucornetto/tokenizer_titok_l32_imagenet \\
       --input 's3://bucket/imagenet/train-{000000..000320}.tar' --output s3://bucket/tokens/train \\
       --views center-flip --workers 8 --num-gpus 1 --batch-size 256 --verify-fraction 0.001
 """
@@ -25,7 +25,7 @@ from pipelines import runtime  # noqa: E402
 from pipelines.encode import options  # noqa: E402
 from pipelines.encode.decode import check_proxy_input  # noqa: E402
 from pipelines.storage import endpoint_options, get_fs  # noqa: E402
-from titok_core import OFFICIAL_URLS, TiTok, TiTokReleased  # noqa: E402
+from titok_core import HUB_MODELS, TiTok, TiTokReleased  # noqa: E402
 
 INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
 
@@ -36,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
                    help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
     options.add_image_args(p)
-    p.add_argument("--tokenizer", default=OFFICIAL_URLS["L-32"],
-                   help="TiTok weights: official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
+    p.add_argument("--tokenizer", default=HUB_MODELS["L-32"],
+                   help="TiTok weights: a Hugging Face name (hf://yucornetto/tokenizer_titok_{l32,b64,s128}_imagenet), "
+                        "official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
     p.add_argument("--verify-fraction", type=runtime.fraction, default=0.0,
                    help="decode this random fraction of images' tokens back to pixels; PSNR (and LPIPS when its "
                         "weights are available) against the input crops go into the summary")

@@ -115,10 +115,13 @@ class LoadedModel(NamedTuple):
 
 
 def load_model_uri(uri: str, *, option: str, what: str, kinds: tuple[type, ...] | None = None) -> LoadedModel:
-    """Fetch `uri` (local path, http(s)://, s3://, gs://; cached once) and load it with titok_core.
+    """Fetch `uri` (local path, hf://, http(s)://, s3://, gs://; cached once) and load it with titok_core.
 
     Args:
-        uri: checkpoint: an official `.bin` or our directory (model.safetensors + config.json).
+        uri: checkpoint: an official `.bin`, our directory (model.safetensors + config.json), a directory
+            in the official Hugging Face Hub layout, or a Hub name: `hf://owner/name[@revision]` (a
+            repository such as titok_core.HUB_MODELS["L-32"]) or `hf://owner/name[@revision]/file`
+            (one file of a repository), resolved through huggingface_hub's cache (storage.fetch_hf).
         option: the command-line option that named it, for messages ("--teacher").
         what: what it is, for messages ("teacher weights").
         kinds: model classes accepted; another kind is a ValueError naming both.

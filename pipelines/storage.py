@@ -7,7 +7,8 @@ so credentials, endpoints and atomicity are decided in one place:
   chain (env, ~/.aws), the endpoint from the argument or `AWS_ENDPOINT_URL(_S3)`.
 - `expand_inputs` turns a shard spec (brace pattern, glob, directory, .txt list) into URLs.
 - `atomic_open` / `atomic_write_bytes` / `write_json_atomic` never leave a partial file visible.
-- `fetch_to_cache` turns a weights URL into a local path, downloading once.
+- `fetch_to_cache` turns a weights URL into a local path, downloading once; a Hugging Face Hub name
+  (`hf://owner/name[@revision][/file]`) goes through huggingface_hub's own cache (`fetch_hf`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
@@ -36,6 +39,7 @@ LOCAL_PROTOCOLS = frozenset({"file", "local"})
 HTTP_PROTOCOLS = frozenset({"http", "https"})
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
 DOWNLOAD_PROTOCOLS = HTTP_PROTOCOLS | S3_PROTOCOLS | {"gs", "gcs"}
+HF_PROTOCOL = "hf"  # Hugging Face Hub names, resolved by fetch_hf
 DEFAULT_CACHE_DIR = "~/.cache/titok-ray"
 _GLOB_CHARS = frozenset("*?[")
 
@@ -426,29 +430,35 @@ def fetch_to_cache(uri: str, cache_dir: str | None = None, what: str = "weights"
     """Local path for `uri`, downloading remote files once into a cache.
 
     Local paths (and file:// URLs) are returned as they are. http(s)://, s3:// and gs:// files
-    (or, on object stores, directories such as a checkpoint's model.safetensors + config.json) are downloaded with a progress bar to a temporary name and renamed into
+    (or, on object stores, directories such as a checkpoint's model.safetensors + config.json) are
+    downloaded with a progress bar to a temporary name and renamed into
     `<cache_dir>/<hash of URL and endpoint>/<file name>`, so an interrupted download is never
     mistaken for a finished one; a cached file is not checked against the remote again.
+    `hf://` names are resolved by `fetch_hf` in huggingface_hub's cache (not `cache_dir`).
 
     Args:
-        uri: local path or URL.
+        uri: local path, URL or `hf://owner/name[@revision][/file]`.
         cache_dir: cache root; default `default_cache_dir()`.
         what: what the file is, for messages ("teacher weights").
         option: the command-line option that named `uri`, for messages.
 
     Raises:
         FileNotFoundError: a local path that does not exist.
-        ValueError: an unsupported URL scheme.
+        ValueError: an unsupported URL scheme, a malformed hf:// name.
         RuntimeError: the download failed (offline, unreachable, missing, no credentials).
     """
     protocol = protocol_of(uri)
     if protocol in LOCAL_PROTOCOLS:
         path = local_path(uri)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{option}: {what} {path!r} does not exist")
+            # A bare `owner/name` is a relative path here, never a Hub name: say how to name the model.
+            hint = f"; for the Hugging Face model {uri} write hf://{uri}" if _BARE_REPO_ID.fullmatch(uri) else ""
+            raise FileNotFoundError(f"{option}: {what} {path!r} does not exist{hint}")
         return path
+    if protocol == HF_PROTOCOL:
+        return fetch_hf(uri, what=what, option=option)
     if protocol not in DOWNLOAD_PROTOCOLS:
-        raise ValueError(f"{option}: cannot fetch {uri!r}: use a local path, http(s)://, s3:// or gs://")
+        raise ValueError(f"{option}: cannot fetch {uri!r}: use a local path, hf://, http(s)://, s3:// or gs://")
 
     name = posixpath.basename(urllib.parse.urlsplit(uri).path.rstrip("/")) or "download"
     endpoint = s3_endpoint() if protocol in S3_PROTOCOLS else None
@@ -492,3 +502,111 @@ def _download(fs: fsspec.AbstractFileSystem, path: str, target: str, desc: str) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- Hugging Face Hub names
+
+# Only `hf://` names reach the Hub. A bare `owner/name` stays a relative local path: the two cannot be
+# told apart (`runs/model` is both), and a mistyped local directory must fail here, not turn into a
+# download of something else.
+_BARE_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HF_URI = re.compile(r"hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[^/]+))?(?:/(?P<file>.+))?")
+# A repository in the Hub layout: what titok_core.load_official_dir reads, and all that is downloaded of it.
+HUB_LAYOUT_FILES = ("config.json", "model.safetensors")
+
+
+@dataclass(frozen=True)
+class HubName:
+    """`hf://owner/name[@revision][/file]`: a repository (in the Hub layout), or one file in it."""
+
+    repo_id: str
+    revision: str | None = None  # branch, tag or commit; None: main
+    filename: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> "HubName":
+        """The parts of an hf:// name; a revision with "/" in it is written URL-encoded (refs%2Fpr%2F1)."""
+        m = _HF_URI.fullmatch(uri.strip())
+        if not m:
+            raise ValueError(f"{uri!r} is not a Hugging Face Hub name: write hf://owner/name, "
+                             "hf://owner/name@revision or hf://owner/name/file")
+        revision = urllib.parse.unquote(m["revision"]) if m["revision"] else None
+        return cls(m["repo"], revision, m["file"])
+
+    def download_command(self) -> str:
+        """The `hf download` command line that puts this name into the Hugging Face cache."""
+        files = self.filename or " ".join(HUB_LAYOUT_FILES)
+        return f"hf download {self.repo_id} {files}" + (f" --revision {self.revision}" if self.revision else "")
+
+
+def hf_cache_dir() -> str:
+    """Where huggingface_hub keeps its downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else its default
+    (~/.cache/huggingface/hub). Read now: huggingface_hub reads them once, at import."""
+    from huggingface_hub import constants
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def fetch_hf(uri: str, what: str = "weights", option: str = "--teacher") -> str:
+    """Local path of a Hugging Face Hub name, downloaded once into huggingface_hub's cache.
+
+    `hf://owner/name[@revision]` gives the repository's snapshot directory, with only
+    HUB_LAYOUT_FILES fetched (the layout titok_core.load_model reads); `hf://owner/name[@revision]/file`
+    gives that one file (e.g. an official `.bin`). The cache, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
+    HF_ENDPOINT and HF_TOKEN work as for every huggingface_hub download (the first three also when set
+    after huggingface_hub was imported); offline or with the Hub unreachable, a cached copy is used
+    (unreachable: after huggingface_hub's retries, about 20 s for a single file).
+
+    Raises:
+        ValueError: a malformed name.
+        RuntimeError: one line: not in the cache while offline or unreachable (naming the model, the
+            cache directory and the command that pre-fills it), not on the Hub, or another failure.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = HubName.parse(uri)
+    offline, cache = hf_offline(), hf_cache_dir()
+    try:
+        if name.filename:
+            return hf_hub_download(name.repo_id, name.filename, revision=name.revision, cache_dir=cache,
+                                   local_files_only=offline)
+        path = snapshot_download(name.repo_id, revision=name.revision, allow_patterns=list(HUB_LAYOUT_FILES),
+                                 cache_dir=cache, local_files_only=offline)
+    except LocalEntryNotFoundError as e:  # not (completely) in the cache, and no way to download it
+        reason = "HF_HUB_OFFLINE is set" if offline else _first_line(e.__cause__ or e, "the Hub is unreachable")
+        raise RuntimeError(
+            f"{option}: {what} {uri} is not in the Hugging Face cache {cache} ({reason}); pre-fill "
+            f"the cache on a machine with network: `{name.download_command()}`, then copy that cache here "
+            "(or point HF_HOME at a copy)") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise RuntimeError(f"{option}: {what} {uri} is not on the Hugging Face Hub ({_first_line(e)}); "
+                           "check the name and revision (a private or gated model needs HF_TOKEN)") from None
+    except Exception as e:
+        raise RuntimeError(f"{option}: could not download {what} {uri} ({_first_line(e)})") from e
+    missing = [f for f in HUB_LAYOUT_FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise RuntimeError(
+            f"{option}: {uri} has no {' or '.join(missing)} (a Hub-layout model repository holds "
+            f"{' + '.join(HUB_LAYOUT_FILES)}); to load one file of the repository, name it: hf://{name.repo_id}"
+            f"{'@' + name.revision if name.revision else ''}/<file>")
+    return path
+
+
+def _first_line(e: BaseException, default: str = "") -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {text}" if text else (default or type(e).__name__)

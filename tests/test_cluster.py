@@ -7,13 +7,19 @@
   operator enforces (ray-operator/apis/ray/v1, controllers/ray/utils/validation.go).
 - Every job command in the manifests and the docs (`python jobs/<job>.py ...`) is parsed by that job's own
   `parse_args`, and its per-worker resource request must fit a worker type of each cluster.
-- cluster/onprem.yaml goes through `ray up` -> `ray job submit` -> `ray down` against an sshd on 127.0.0.1.
+- Ray's token authentication is on everywhere: the launcher YAMLs give every node your token and start
+  Ray with RAY_AUTH_MODE=token, the KubeRay clusters set `authOptions`, and the README tells clients how
+  to get the token.
+- cluster/onprem.yaml goes through `ray up` -> `ray job submit` -> `ray down` against an sshd on 127.0.0.1,
+  token authentication on.
+- README.md's local-head commands run exactly as written, token authentication on.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import shlex
@@ -208,6 +214,27 @@ def test_dashboard_stays_on_the_heads_loopback(name: str) -> None:
     assert ray_start_flags(start).get("dashboard-host") == "127.0.0.1"
 
 
+TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes the token, and Ray reads it
+
+
+def runs_with_token_auth(command: str) -> bool:
+    """The shell command runs its `ray start` with RAY_AUTH_MODE=token in the environment."""
+    before = command.split("ray start", 1)[0]
+    return bool(re.search(r"(^|[;&\s])(export\s+)?RAY_AUTH_MODE=token([;&\s]|$)", before))
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_launcher_yaml_runs_ray_with_your_token(name: str) -> None:
+    """Your ~/.ray/auth_token becomes every node's, and every node's Ray requires it: the README's
+    `export RAY_AUTH_MODE=token` on your machine is then all a client needs."""
+    config = prepared(name)
+    assert config["file_mounts"].get(TOKEN_FILE) == TOKEN_FILE, f"{name}: the token is not synced to the nodes"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in config[key] if "ray start" in c]
+        assert runs_with_token_auth(start), f"{name}: {key} starts Ray without RAY_AUTH_MODE=token"
+    assert not runs_with_token_auth("ray start --head") and runs_with_token_auth("export RAY_AUTH_MODE=token; ray start")
+
+
 @pytest.mark.parametrize("name", CLOUD_YAMLS)
 def test_shm_is_sized_by_ray_for_the_object_store(name: str) -> None:
     """A fixed --shm-size turns off Ray's per-node sizing of /dev/shm to its object store."""
@@ -363,6 +390,23 @@ def test_all_kuberay_pods_run_the_same_image() -> None:
               for g in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
               for c in g["template"]["spec"]["containers"]}
     assert len(images) == 1, images
+
+
+def test_kuberay_clusters_turn_token_auth_on_and_the_readme_reads_their_token() -> None:
+    """Every RayCluster (and RayJob cluster) has KubeRay's token authentication (operator >= 1.5.1, Ray >= 2.52);
+    the README's port-forward client reads the token from the Secret the operator names after the RayCluster."""
+    for path, spec in ray_cluster_specs():
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{path.name}: no authOptions.mode: token"
+        assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52), path.name
+    (name,) = [d["metadata"]["name"] for p, d in kuberay_docs() if d["kind"] == "RayCluster"]
+    readme = (REPO / "README.md").read_text()
+    secrets = set(re.findall(r"RAY_AUTH_TOKEN=\$\(kubectl get secret (\S+) -o jsonpath='\{\.data\.auth_token\}'", readme))
+    assert secrets == {name}, f"README reads the token from {secrets}, the RayCluster is {name!r}"
+    # no worker or head pod sets the token itself: the operator's Secret is the only copy
+    for path, spec in ray_cluster_specs():
+        for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
+            env = {e["name"] for c in group["template"]["spec"]["containers"] for e in c.get("env", [])}
+            assert not env & {"RAY_AUTH_TOKEN", "RAY_AUTH_MODE"}, path.name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -628,8 +672,9 @@ SetEnv HOME={home}
     (venv / "bin" / "ray").chmod(0o755)
     (home / ".bashrc").write_text(
         f"export PATH={venv / 'bin'}:$PATH\n"
-        # no telemetry, no auth token files, loopback only; pip offline and with the build backend installed here
-        "export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0\n"
+        # no telemetry, loopback only (token authentication as the YAML sets it); pip offline and with the
+        # build backend installed here
+        "export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0\n"
         "export PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
@@ -661,6 +706,7 @@ def onprem_config_for(node: Node, cluster_name: str, ports: dict[str, int], temp
 
 @pytest.mark.slow
 def test_onprem_yaml_ray_up_then_a_job_then_ray_down(tmp_path: Path, sample_shards, tiny_teacher) -> None:
+    """`ray up` as README.md says (your token made first), a job with and without RAY_AUTH_MODE=token, `ray down`."""
     if os.geteuid() != 0:  # `make test` installs the tools when it runs as root (CI does)
         pytest.skip("needs root: sshd with root login and a PID namespace for the node's Ray")
     missing = [t for t in TOOLS if not shutil.which(t)]
@@ -681,13 +727,19 @@ def test_onprem_yaml_ray_up_then_a_job_then_ray_down(tmp_path: Path, sample_shar
     name, temp_dir = f"titok-test-{uuid.uuid4().hex[:8]}", f"/tmp/rt-{uuid.uuid4().hex[:6]}"  # short: socket paths
     config_path = tmp_path / "onprem-test.yaml"
     config_path.write_text(yaml.safe_dump(onprem_config_for(node, name, ports, temp_dir)))
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Your machine: a home of its own, whose ~/.ray/auth_token the YAML copies to the node.
+    client_home = tmp_path / "client-home"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(client_home),
+           "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "AUTOSCALER_NODE_START_WAIT_S": "60"}  # an unreachable node fails in a minute, not Ray's 15
 
-    def ray_cli(*args: str, timeout: int) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / "ray"), *args], cwd=src, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+    def ray_cli(*args: str, timeout: int, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "ray"), *args], cwd=src, env={**env, **extra_env}, capture_output=True,
+                              text=True, timeout=timeout)
+
+    token = ray_cli("get-auth-token", "--generate", timeout=60)  # README "1. Before you start"
+    assert token.returncode == 0 and (client_home / ".ray" / "auth_token").is_file(), token.stderr
 
     up = down = None
     try:
@@ -696,18 +748,25 @@ def test_onprem_yaml_ray_up_then_a_job_then_ray_down(tmp_path: Path, sample_shar
         assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
         t_up = time.time() - t0
         # the setup installed the synced checkout into the node's Python, and the sync skipped .venv
+        # (the node's environment: sshd passes no PYTHONPATH of the test run)
         where = subprocess.run([str(node.venv / "bin" / "python"), "-c", "import pipelines; print(pipelines.__file__)"],
-                               cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+                               cwd=tmp_path, capture_output=True, text=True, check=True,
+                               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout.strip()
         assert where == str(node.home / "titok-ray" / "pipelines" / "__init__.py")
         assert (node.home / "titok-ray" / "jobs" / "precompute_proxy.py").exists()
         assert not (node.home / "titok-ray" / ".venv").exists()
 
-        # a real job through the head's job API, as README.md "Running on a cluster" submits it
+        # the node got your token, and its Ray requires it
+        assert (node.home / ".ray" / "auth_token").read_text() == (client_home / ".ray" / "auth_token").read_text()
+        submit = ["job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard-port']}", "--working-dir", ".",
+                  "--", "python", "jobs/precompute_proxy.py", "--input", shards, "--teacher", tiny_teacher]
+        refused = ray_cli(*submit, "--output", str(tmp_path / "refused"), timeout=120)
+        assert refused.returncode != 0 and "Missing authentication token" in refused.stderr, refused.stderr[-2000:]
+
+        # a real job through the head's job API, as README.md "Running on a cluster" submits it (section 3's export)
         out = tmp_path / "proxy"
         t0 = time.time()
-        job = ray_cli("job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard-port']}", "--working-dir", ".",
-                      "--", "python", "jobs/precompute_proxy.py", "--input", shards, "--output", str(out),
-                      "--teacher", tiny_teacher, timeout=300)
+        job = ray_cli(*submit, "--output", str(out), timeout=300, RAY_AUTH_MODE="token")
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
         t_job = time.time() - t0
         assert "succeeded" in job.stdout + job.stderr
@@ -736,3 +795,106 @@ def test_onprem_yaml_ray_up_then_a_job_then_ray_down(tmp_path: Path, sample_shar
         shutil.rmtree(temp_dir, ignore_errors=True)
         for suffix in ("lock", "state"):  # the local provider's bookkeeping, in Ray's default temp dir
             Path(f"/tmp/ray/cluster-{name}.{suffix}").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# README.md's local-head commands, as written, on a machine where token authentication is on.
+
+LOCAL_HEAD_MARK = "<!-- test: local-head"
+
+
+def marked_commands(path: Path, mark: str) -> list[str]:
+    """The commands of the bash block right after the line starting with `mark`, each exactly as written
+    (a command continued with backslashes keeps its lines)."""
+    lines = path.read_text().splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.startswith(mark)]
+    assert lines[start + 1].strip() == "```bash", f"{path.name}: no bash block right after {mark}"
+    commands, pending = [], []
+    for line in lines[start + 2:]:
+        if line.strip() == "```":
+            break
+        pending.append(line)
+        if not line.rstrip().endswith("\\"):
+            commands.append("\n".join(pending))
+            pending = []
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_local_head_commands_run_as_written_with_token_auth(tmp_path: Path, imagenet_sample_dir: Path,
+                                                                    tiny_teacher: str) -> None:
+    """README.md "Running on a cluster", section 0: its commands run one after the other in one shell,
+    unchanged, on a fresh machine: a new home (the token goes to ~/.ray), pictures in ~/titok/images, and
+    no network, with the teacher already in the Hugging Face cache under its Hub name (a tiny random one
+    stands in for the download). Between `ray start --head` and the job, a shell without
+    `export RAY_AUTH_MODE=token` submits the same job: it is refused with the message the README quotes.
+
+    The README uses Ray's default ports and `ray stop` stops every Ray it sees, so the machine is a
+    network, PID and mount namespace of its own (with a private /tmp/ray): nothing outside is touched,
+    and everything it started ends with it.
+    """
+    from hf_cache import fill
+
+    from pipelines.storage import HubName
+    from titok_core import HUB_MODELS
+
+    if os.geteuid() != 0:  # CI runs as root
+        pytest.skip("needs root: network, PID and mount namespaces for a cluster on Ray's default ports")
+    missing = [t for t in ("unshare", "ip", "mount") if not shutil.which(t)]
+    assert not missing, f"needs {', '.join(missing)} (util-linux, iproute2)"
+    commands = marked_commands(REPO / "README.md", LOCAL_HEAD_MARK)
+    (start,) = [i for i, c in enumerate(commands) if c.startswith("ray start --head")]
+    (submit,) = [i for i, c in enumerate(commands) if c.startswith("ray job submit")]
+    assert start < submit, "the README submits before it starts the head"
+
+    home = tmp_path / "home"
+    pictures = sorted(imagenet_sample_dir.glob("*.JPEG"))[:6]
+    for i, picture in enumerate(pictures):  # an ImageFolder: two classes
+        (home / "titok" / "images" / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(picture, home / "titok" / "images" / f"class{i % 2}" / picture.name)
+    teacher = HubName.parse(HUB_MODELS["maskgit-vqgan"])  # the precompute job's default --teacher
+    fill(home / ".cache" / "huggingface" / "hub", teacher.repo_id, {teacher.filename: Path(tiny_teacher)})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ray_tmp = Path(f"/tmp/rt-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths live below it
+    ray_tmp.mkdir()
+
+    refused = f"if (unset RAY_AUTH_MODE; {commands[submit]}) > {logs}/refused.log 2>&1; then echo 0; else echo $?; fi"
+    script = [
+        "set -euo pipefail",
+        "ip link set lo up",  # the namespace's loopback: Ray binds 127.0.0.1
+        f"mkdir -p /tmp/ray && mount --bind {ray_tmp} /tmp/ray",  # Ray's default temp dir, private to this machine
+        f"cd {REPO}",
+        *commands[:start + 1],
+        f"{refused} > {logs}/refused.rc",
+        *commands[start + 1:],
+    ]
+    (tmp_path / "commands.sh").write_text("\n".join(script) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "HF_")) and k != "TRANSFORMERS_OFFLINE"}
+    env.update(HOME=str(home), PATH=f"{VENV_BIN}:{os.environ['PATH']}", PYTHONPATH=str(REPO),  # this checkout
+               RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
+    try:
+        t0 = time.time()
+        run = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+                              "bash", str(tmp_path / "commands.sh")],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        elapsed = time.time() - t0
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+        sessions = [p.name for p in ray_tmp.glob("session_2*")]
+        assert sessions, "no Ray session was started"
+        assert not [p for s in sessions for p in processes_mentioning(s)], "a process of the cluster outlived it"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    assert (home / ".ray" / "auth_token").is_file()
+    # the shell without the export was refused, with the line the README quotes next to the commands
+    assert int((logs / "refused.rc").read_text()) != 0
+    refused_log = (logs / "refused.log").read_text()
+    quoted = re.findall(r"Authentication required: [^\n]*Missing authentication token", refused_log)
+    assert quoted, refused_log[-2000:]
+    assert quoted[0] in (REPO / "README.md").read_text(), f"README.md does not quote {quoted[0]!r}"
+    # the job ran: one row per picture, with the teacher the Hugging Face cache held under its Hub name
+    assert len(pd.read_parquet(home / "titok" / "proxy")) == len(pictures)
+    summary = json.loads((home / "titok" / "proxy" / "_summary.json").read_text())
+    assert f"models--{teacher.repo_id.replace('/', '--')}/snapshots/" in summary["model"]["teacher"]["source"]
+    print(f"README local-head commands: {elapsed:.1f} s")

@@ -136,12 +136,11 @@ def test_missing_teacher_and_bad_input_spec_are_one_line_errors(tmp_path, capsys
 
 def test_offline_default_teacher_names_the_option(tmp_path, capsys, sample_shards, monkeypatch):
     shards, _ = sample_shards
-    monkeypatch.setenv("TITOK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens there: offline
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the default teacher is a Hub name: an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert job("--input", shards, "--output", tmp_path / "o") == 2
     err = capsys.readouterr().err
-    assert "--teacher" in err and "local path" in err
+    assert "--teacher" in err and "hf download fun-research/TiTok maskgit-vqgan-imagenet-f16-256.bin" in err
 
 
 def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_shards, tiny_teacher, tmp_path):

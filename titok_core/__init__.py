@@ -5,15 +5,25 @@
     generator / sampling / masking        class-conditional masked-token generators, their sampler,
                                           training masking and loss
     losses / metrics / discriminator / ema  training losses, image and token metrics, the stage-2 GAN
-    checkpoints / conformance             official .bin files and our safetensors format; the
-                                          numerical check against the official implementation
+    checkpoints / conformance             official .bin files, the official Hub layout and our safetensors
+                                          format; the numerical check against the official implementation
 
 May import: torch, torchvision, timm, einops, lpips, safetensors, numpy and the standard library.
 Never ray, pyarrow, fsspec, `pipelines` or `jobs`, and never downloads: weights come in by local
-path (fetching URLs is `pipelines.storage`'s job). Checked by import-linter (tests/test_architecture.py).
+path (fetching URLs and Hugging Face Hub names is `pipelines.storage`'s job). Checked by import-linter
+(tests/test_architecture.py).
 """
 
-from .checkpoints import GENERATOR_URLS, OFFICIAL_URLS, load_model, load_pretrained, save_pretrained
+from .checkpoints import (
+    GENERATOR_HUB_MODELS,
+    GENERATOR_URLS,
+    HUB_MODELS,
+    OFFICIAL_URLS,
+    load_model,
+    load_official_dir,
+    load_pretrained,
+    save_pretrained,
+)
 from .generator import (
     GENERATOR_PRESETS,
     BertGenerator,
@@ -32,10 +42,11 @@ from .titok import ProxyPixelDecoder, TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN
 
 __all__ = [
-    "GENERATOR_PRESETS", "GENERATOR_URLS", "OFFICIAL_URLS", "PRESETS", "SAMPLING_PRESETS", "VQGAN_PRESETS",
+    "GENERATOR_HUB_MODELS", "GENERATOR_PRESETS", "GENERATOR_URLS", "HUB_MODELS", "OFFICIAL_URLS", "PRESETS",
+    "SAMPLING_PRESETS", "VQGAN_PRESETS",
     "BertGenerator", "BertGeneratorConfig", "GeneratorConfig", "MaskGITVQGAN", "ProxyPixelDecoder",
     "QuantizerOutput", "SamplingConfig", "TiTok", "TiTokConfig", "TiTokReleased", "UViTGenerator",
     "UViTGeneratorConfig", "VQGANConfig", "VectorQuantizer", "build_generator", "generate",
-    "get_generator_preset", "get_preset", "get_sampling_preset", "load_model", "load_pretrained",
-    "mask_tokens", "masked_token_loss", "save_pretrained",
+    "get_generator_preset", "get_preset", "get_sampling_preset", "load_model", "load_official_dir",
+    "load_pretrained", "mask_tokens", "masked_token_loss", "save_pretrained",
 ]

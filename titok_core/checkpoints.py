@@ -1,11 +1,15 @@
-"""Checkpoints: the official `.bin` state dicts and our own `model.safetensors` + `config.json`.
+"""Checkpoints: the official `.bin` state dicts, the official Hugging Face Hub layout, and our own
+`model.safetensors` + `config.json`.
 
 Official files are plain state-dict pickles; they are read with `torch.load(weights_only=True)`
 (no code runs) and renamed onto our modules. Their architecture is inferred from the tensor shapes,
-so `load_model("tokenizer_titok_l32.bin")` needs no preset. Our format is a directory whose
-config.json says what the model is and every size in it, so it loads without knowing the preset.
+so `load_model("tokenizer_titok_l32.bin")` needs no preset. The official Hub repositories
+(`yucornetto/tokenizer_titok_l32_imagenet`, ...) are a directory of `model.safetensors` (the same
+state dict under the same names) and `config.json` (the official nested config): sizes come from the
+config and are cross-checked against the tensors. Our format is a directory whose config.json says
+what the model is and every size in it, so it loads without knowing the preset.
 
-Local paths only: fetching URLs / s3:// into a cache is `pipelines.storage`'s job.
+Local paths only: fetching URLs, s3:// and Hub names (`HUB_MODELS`) into a cache is `pipelines.storage`'s job.
 """
 
 from __future__ import annotations
@@ -15,13 +19,20 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .generator import BertGenerator, BertGeneratorConfig, UViTGenerator, UViTGeneratorConfig, build_generator
+from .generator import (
+    BertGenerator,
+    BertGeneratorConfig,
+    GeneratorConfig,
+    UViTGenerator,
+    UViTGeneratorConfig,
+    build_generator,
+)
 from .presets import VIT_SIZES, TiTokConfig, VQGANConfig
 from .titok import TiTok, TiTokReleased
 from .vqgan import MaskGITVQGAN
@@ -34,6 +45,23 @@ OFFICIAL_URLS: dict[str, str] = {
     "L-32": f"{HF_BASE}/tokenizer_titok_l32.bin",
     "B-64": f"{HF_BASE}/tokenizer_titok_b64.bin",
     "S-128": f"{HF_BASE}/tokenizer_titok_s128.bin",
+}
+
+# The official releases on the Hugging Face Hub, by preset. A name, not a download: `pipelines.storage`
+# resolves it to a local path through huggingface_hub's cache. `hf://owner/name` is a repository in the
+# Hub layout (model.safetensors + the official nested config.json, loaded by `load_official_dir`);
+# `hf://owner/name/file` is one file of a repository. The teacher has no repository of its own: its
+# name is the official file in the repository of OFFICIAL_URLS.
+HUB_MODELS: dict[str, str] = {
+    "maskgit-vqgan": "hf://fun-research/TiTok/maskgit-vqgan-imagenet-f16-256.bin",
+    "L-32": "hf://yucornetto/tokenizer_titok_l32_imagenet",
+    "B-64": "hf://yucornetto/tokenizer_titok_b64_imagenet",
+    "S-128": "hf://yucornetto/tokenizer_titok_s128_imagenet",
+}
+GENERATOR_HUB_MODELS: dict[str, str] = {
+    "L-32": "hf://yucornetto/generator_titok_l32_imagenet",
+    "B-64": "hf://yucornetto/generator_titok_b64_imagenet",
+    "S-128": "hf://yucornetto/generator_titok_s128_imagenet",
 }
 
 FORMAT_VERSION = 1
@@ -128,9 +156,8 @@ def infer_vqgan_config(sd: dict[str, Tensor], prefix: str = "", quantizer_prefix
     )
 
 
-def infer_titok_config(sd: dict[str, Tensor]) -> TiTokConfig:
-    """TiTok sizes from an official state dict. Head counts come from the official size table."""
-    heads_by_width = {w: h for w, _, h in VIT_SIZES.values()}
+def titok_shapes(sd: dict[str, Tensor]) -> dict[str, int]:
+    """Every TiTok size an official state dict shows: all of TiTokConfig but the head counts."""
     try:
         n, enc_w = sd["latent_tokens"].shape
         patch = sd["encoder.patch_embed.weight"].shape[-1]
@@ -141,24 +168,26 @@ def infer_titok_config(sd: dict[str, Tensor]) -> TiTokConfig:
         proxy = sd["decoder.ffn.2.weight"].shape[0]
     except KeyError as e:
         raise CheckpointMismatchError(f"not an official TiTok state dict: missing {e.args[0]!r}") from None
-    for w in (enc_w, dec_w):
+    image = enc_grid * patch
+    return dict(
+        image_size=image, enc_patch_size=patch, dec_patch_size=image // dec_grid,
+        enc_width=enc_w, enc_layers=_count(sd, r"^encoder\.transformer\.(\d+)\."),
+        dec_width=dec_w, dec_layers=_count(sd, r"^decoder\.transformer\.(\d+)\."),
+        num_latent_tokens=n, codebook_size=codebook_size, token_size=token_size, proxy_codebook_size=proxy,
+    )
+
+
+def infer_titok_config(sd: dict[str, Tensor]) -> TiTokConfig:
+    """TiTok sizes from an official state dict. Head counts come from the official size table."""
+    heads_by_width = {w: h for w, _, h in VIT_SIZES.values()}
+    sizes = titok_shapes(sd)
+    for w in (sizes["enc_width"], sizes["dec_width"]):
         if w not in heads_by_width:
             raise CheckpointMismatchError(f"ViT width {w} is not an official size; save it in our format with its config")
-    image = enc_grid * patch
     released = any(k.startswith("pixel_decoder.") for k in sd)
     pixel = infer_vqgan_config(sd, "pixel_", "pixel_quantize.") if released else VQGANConfig()
-    return TiTokConfig(
-        image_size=image,
-        enc_patch_size=patch,
-        dec_patch_size=image // dec_grid,
-        enc_width=enc_w, enc_layers=_count(sd, r"^encoder\.transformer\.(\d+)\."), enc_heads=heads_by_width[enc_w],
-        dec_width=dec_w, dec_layers=_count(sd, r"^decoder\.transformer\.(\d+)\."), dec_heads=heads_by_width[dec_w],
-        num_latent_tokens=n,
-        codebook_size=codebook_size,
-        token_size=token_size,
-        proxy_codebook_size=proxy,
-        pixel_vqgan=pixel,
-    )
+    return TiTokConfig(**sizes, enc_heads=heads_by_width[sizes["enc_width"]],
+                       dec_heads=heads_by_width[sizes["dec_width"]], pixel_vqgan=pixel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,8 +289,9 @@ def generator_ours_to_official(model_or_sd: nn.Module | dict[str, Tensor]) -> di
 _GENERATOR_HEADS_BY_WIDTH = {768: 16, 1024: 16}
 
 
-def infer_generator_config(sd: dict[str, Tensor]) -> BertGeneratorConfig | UViTGeneratorConfig:
-    """Generator sizes from an official state dict (dropout rates: the official 0.1)."""
+def generator_shapes(sd: dict[str, Tensor]) -> dict[str, int | str]:
+    """Every generator size an official state dict shows: the architecture ("bert" / "uvit") and all of
+    its config but the head count and dropout rates. `depth` of a U-ViT is 2 x its in-blocks (or 1)."""
     bert = "model.embeddings.word_embeddings.weight" in sd
     try:
         if bert:
@@ -278,21 +308,29 @@ def infer_generator_config(sd: dict[str, Tensor]) -> BertGeneratorConfig | UViTG
             k = sd["lm_head.weight"].shape[0]
     except KeyError as e:
         raise CheckpointMismatchError(f"not an official generator state dict: missing {e.args[0]!r}") from None
+    return dict(architecture="bert" if bert else "uvit", codebook_size=k, num_latent_tokens=n,
+                num_classes=vocab - k - 2, width=width, depth=depth, mlp_dim=mlp)
+
+
+def infer_generator_config(sd: dict[str, Tensor]) -> BertGeneratorConfig | UViTGeneratorConfig:
+    """Generator sizes from an official state dict (dropout rates: the official 0.1)."""
+    sizes = generator_shapes(sd)
+    width = sizes["width"]
     if width not in _GENERATOR_HEADS_BY_WIDTH:
         raise CheckpointMismatchError(
             f"generator width {width} is not an official size (the head count is unknown); "
             "save it in our format with its config")
-    cls = BertGeneratorConfig if bert else UViTGeneratorConfig
+    cls = BertGeneratorConfig if sizes.pop("architecture") == "bert" else UViTGeneratorConfig
     try:
-        return cls(codebook_size=k, num_latent_tokens=n, num_classes=vocab - k - 2, width=width, depth=depth,
-                   num_heads=_GENERATOR_HEADS_BY_WIDTH[width], mlp_dim=mlp)
+        return cls(**sizes, num_heads=_GENERATOR_HEADS_BY_WIDTH[width])
     except ValueError as e:
         raise CheckpointMismatchError(f"inconsistent generator state dict: {e}") from None
 
 
-def _generator_from_official(sd: dict[str, Tensor], source: str) -> BertGenerator | UViTGenerator:
+def _generator_from_official(sd: dict[str, Tensor], source: str,
+                             cfg: BertGeneratorConfig | UViTGeneratorConfig | None = None) -> BertGenerator | UViTGenerator:
     sd = {k: v for k, v in sd.items() if k != _BERT_STALE_BUFFER}
-    model = _empty(build_generator, infer_generator_config(sd))
+    model = _empty(build_generator, cfg or infer_generator_config(sd))
     # Check under the official names (those in the user's file), then load ours.
     expected = generator_ours_to_official(model)
     check_state_dict({k: tuple(v.shape) for k, v in expected.items()}, sd, type(model).__name__, source)
@@ -354,22 +392,160 @@ def read_official(path: str | os.PathLike) -> dict[str, Tensor]:
     return sd
 
 
-def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint") -> AnyModel:
+def model_from_official(sd: dict[str, Tensor], source: str = "checkpoint", config: dict | None = None) -> AnyModel:
     """Build and load the model an official state dict describes (teacher, stage-1 or released TiTok,
-    BERT-style or U-ViT generator)."""
+    BERT-style or U-ViT generator).
+
+    Args:
+        sd: the state dict under the official names.
+        source: where it came from, for messages.
+        config: the official nested config that came with it (a Hub repository's config.json): the sizes
+            are then taken from it and cross-checked against the tensors. Without it they are inferred
+            from the tensor shapes (head counts from the official size tables).
+    """
+    if config is not None:
+        config = resolve_interpolations(config, source)
     if is_official_generator(sd):
-        return _generator_from_official(sd, source)
+        gen_cfg = None if config is None else _generator_config(config, sd, source)
+        return _generator_from_official(sd, source, gen_cfg)
     if "latent_tokens" in sd:
-        cfg = infer_titok_config(sd)
         released = any(k.startswith("pixel_decoder.") for k in sd)
+        cfg = infer_titok_config(sd) if config is None else _titok_config(config, sd, released, source)
         model: AnyModel = _empty(TiTokReleased if released else TiTok, cfg)
         sd = {official_to_ours(k, released): v for k, v in sd.items()}
     elif any(k.startswith("encoder.conv_in") for k in sd):
-        model = _empty(MaskGITVQGAN, infer_vqgan_config(sd))
+        model = _empty(MaskGITVQGAN, infer_vqgan_config(sd) if config is None else _vqgan_config(config, sd, source))
     else:
         raise CheckpointMismatchError(f"{source}: neither a TiTok, a MaskGIT-VQGAN nor a generator state dict")
     load_state_dict_strict(model, sd, source)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# The official Hugging Face Hub layout: model.safetensors (official names) + the official nested config.
+_REFERENCE = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
+
+
+def resolve_interpolations(config: dict, source: str = "config.json") -> dict:
+    """`config` with every OmegaConf reference `${a.b.c}` replaced by the value it names.
+
+    The official configs are OmegaConf YAML (the generator's `image_seq_len:
+    ${model.vq_model.num_latent_tokens}`), and the official `save_pretrained` writes them to
+    config.json without resolving the references.
+    """
+    def lookup(path: str, seen: frozenset[str]) -> Any:
+        node: Any = config
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise CheckpointMismatchError(f"{source}: ${{{path}}} names no value in config.json")
+            node = node[part]
+        return resolve(node, seen | {path})
+
+    def resolve(node: Any, seen: frozenset[str] = frozenset()) -> Any:
+        if isinstance(node, dict):
+            return {k: resolve(v, seen) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v, seen) for v in node]
+        if isinstance(node, str) and (m := _REFERENCE.match(node)):
+            if m.group(1) in seen:
+                raise CheckpointMismatchError(f"{source}: config.json reference ${{{m.group(1)}}} refers to itself")
+            return lookup(m.group(1), seen)
+        return node
+
+    return resolve(config)
+
+
+def _from_config(build: Callable[[], Any], source: str) -> Any:
+    """`build()` (a `from_official`), its KeyError / ValueError as one line naming the config."""
+    try:
+        return build()
+    except KeyError as e:
+        raise CheckpointMismatchError(f"{source}: config.json has no {e.args[0]!r} entry "
+                                      "(expected the official nested config)") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{source}: config.json: {str(e).splitlines()[0]}") from None
+
+
+def _cross_check(source: str, says: dict[str, Any], holds: dict[str, Any]) -> None:
+    """One line naming every size on which config.json and the tensors disagree."""
+    wrong = [f"{k} {says[k]} != {holds[k]}" for k in holds if says[k] != holds[k]]
+    if wrong:
+        raise CheckpointMismatchError(f"{source}: config.json does not describe model.safetensors "
+                                      f"(config != tensors): {'; '.join(wrong)}")
+
+
+def _titok_config(config: dict, sd: dict[str, Tensor], released: bool, source: str) -> TiTokConfig:
+    vq = _from_config(lambda: config["model"]["vq_model"], source)
+    says_released = bool(vq.get("finetune_decoder", True))  # the official default
+    if says_released != released:
+        form, holds = ("released", "no pixel_decoder.* tensors") if says_released else ("stage-1", "a pixel decoder")
+        raise CheckpointMismatchError(f"{source}: config.json says finetune_decoder={str(says_released).lower()} "
+                                      f"(the {form} form) but model.safetensors holds {holds}")
+    # The official code fixes the pixel decoder's sizes (the MaskGIT-VQGAN's); the tensors say them.
+    pixel = infer_vqgan_config(sd, "pixel_", "pixel_quantize.") if released else VQGANConfig()
+    cfg = _from_config(lambda: TiTokConfig.from_official(config, config.get("extra_size_map"), pixel_vqgan=pixel),
+                       source)
+    shapes = titok_shapes(sd)
+    _cross_check(source, {k: getattr(cfg, k) for k in shapes}, shapes)
+    return cfg
+
+
+def _vqgan_channels(cfg: VQGANConfig) -> dict[str, Any]:
+    return {"channels": tuple(cfg.hidden_channels * m for m in cfg.channel_mult),
+            "num_res_blocks": cfg.num_res_blocks, "z_channels": cfg.z_channels, "codebook_size": cfg.codebook_size}
+
+
+def _vqgan_config(config: dict, sd: dict[str, Tensor], source: str) -> VQGANConfig:
+    cfg = _from_config(lambda: VQGANConfig.from_official(config["vqgan_conf"], config.get("quantizer")), source)
+    _cross_check(source, _vqgan_channels(cfg), _vqgan_channels(infer_vqgan_config(sd)))
+    return cfg
+
+
+def _generator_config(config: dict, sd: dict[str, Tensor], source: str) -> BertGeneratorConfig | UViTGeneratorConfig:
+    cfg = _from_config(lambda: GeneratorConfig.from_official(config), source)
+    shapes = generator_shapes(sd)
+    says = {k: getattr(cfg, k) for k in shapes if k != "architecture"}
+    says["architecture"] = "bert" if isinstance(cfg, BertGeneratorConfig) else "uvit"
+    if says["architecture"] == "uvit":  # depth d has d // 2 in- and out-blocks: 20 and 21 are the same model
+        says["depth"] = 2 * (cfg.depth // 2) or 1
+    _cross_check(source, says, shapes)
+    return cfg
+
+
+def is_official_config(meta: Any) -> bool:
+    """True for an official nested config (a Hub repository's config.json), False for ours."""
+    return isinstance(meta, dict) and "kind" not in meta and ("model" in meta or "vqgan_conf" in meta)
+
+
+def _read_dir(directory: Path) -> tuple[dict, Path]:
+    """(config.json content, path of model.safetensors) of a model directory, or one-line errors."""
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    for path in (cfg_path, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no {path.name} (expected model.safetensors + config.json)")
+    return read_config_json(cfg_path), weights
+
+
+def load_official_dir(directory: str | os.PathLike) -> AnyModel:
+    """Load a directory in the official Hugging Face Hub layout (what `hf://yucornetto/...` resolves to).
+
+    `model.safetensors` holds the official module's state dict under the official names (a released
+    tokenizer with its pixel quantizer and decoder, a stage-1 tokenizer, a generator, or the teacher);
+    `config.json` is the official nested config (`{"model": {"vq_model": {...}}, "dataset": {...}}`,
+    `{"model": {"vq_model": {...}, "generator": {...}}}`, or the teacher's `{"vqgan_conf": ...,
+    "quantizer": ...}`). Which model it is comes from the tensors (one official config may describe a
+    tokenizer and its generator); its sizes from the config, cross-checked against the tensors; the
+    names map as for an official `.bin`. Beyond the official keys, config.json may hold
+    `extra_size_map` (as the conformance fixtures' fixture_meta.json: `{"tiny": {"width": 64,
+    "num_layers": 2, "num_heads": 4}}`) to name ViT sizes the official table lacks, so that a small
+    model can be written in this layout; official releases never need it.
+    """
+    directory = Path(directory)
+    meta, weights = _read_dir(directory)
+    if not is_official_config(meta):
+        raise CheckpointMismatchError(f"{directory / 'config.json'} is not an official config "
+                                      "(no 'model' or 'vqgan_conf' section)")
+    return model_from_official(load_file(str(weights)), str(directory), config=meta)
 
 
 def save_pretrained(model: AnyModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -387,24 +563,26 @@ def save_pretrained(model: AnyModel, directory: str | os.PathLike, extra: dict |
 
 
 def load_pretrained(directory: str | os.PathLike) -> AnyModel:
-    """Load a directory written by `save_pretrained`; the preset need not be known.
+    """Load a model directory: ours (written by `save_pretrained`; the preset need not be known) or the
+    official Hugging Face Hub layout (`load_official_dir`).
 
-    Everything is checked before a model is built or a tensor read: config.json must be a JSON
-    object with a known `kind` and a valid `config` (types and sane bounds), and model.safetensors'
-    header must list exactly the model's tensors with their shapes, for its size on disk.
+    Ours is checked before a model is built or a tensor read: config.json must be a JSON object with a
+    known `kind` and a valid `config` (types and sane bounds), and model.safetensors' header must list
+    exactly the model's tensors with their shapes, for its size on disk.
 
     Raises:
         FileNotFoundError: config.json or model.safetensors missing.
         CheckpointMismatchError: one line naming the file and what is wrong with it.
     """
     directory = Path(directory)
+    meta, weights = _read_dir(directory)
+    if is_official_config(meta):
+        return load_official_dir(directory)
     cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json (expected model.safetensors + config.json)")
-    meta = read_config_json(cfg_path)
     kind = meta.get("kind")
     if kind not in _KINDS:
-        raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
+        raise CheckpointMismatchError(f"{cfg_path}: unknown model kind {kind!r}; expected one of "
+                                      f"{sorted(_KINDS)} (ours) or an official nested config")
     cfg_cls = {"maskgit_vqgan": VQGANConfig, "bert_generator": BertGeneratorConfig,
                "uvit_generator": UViTGeneratorConfig}.get(kind, TiTokConfig)
     if not isinstance(meta.get("config"), dict):
@@ -413,7 +591,6 @@ def load_pretrained(directory: str | os.PathLike) -> AnyModel:
         cfg = cfg_cls.from_dict(meta["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointMismatchError(f"{cfg_path}: {str(e).splitlines()[0]}") from None
-    weights = directory / "model.safetensors"
     model = _empty(_KINDS[kind], cfg)
     check_safetensors_header(weights, model)
     try:
@@ -478,7 +655,8 @@ def check_safetensors_header(path: Path, model: nn.Module) -> None:
 
 
 def load_model(path: str | os.PathLike) -> AnyModel:
-    """Load any supported checkpoint from a local path: our directory, or an official `.bin`."""
+    """Load any supported checkpoint from a local path: our directory, a directory in the official Hub
+    layout (model.safetensors + the official config.json), or an official `.bin`."""
     p = Path(path)
     if p.is_dir():
         return load_pretrained(p)

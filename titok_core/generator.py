@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from .presets import check_fields
 
-
 # --------------------------------------------------------------------------------------------
 # Configurations.
 # Generous bounds (see presets.check_fields): the official generators are far inside them.

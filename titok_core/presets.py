@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+
 def check_fields(cfg: Any, limits: dict[str, tuple[float, float]]) -> None:
     """Types and sane bounds of a config's fields, checked before any model is built: a config.json
     with a string for a width, or 10**7 layers, is one ValueError line, not a traceback or a hang.
