@@ -19,6 +19,13 @@ Token dataset (jobs/tokenize_dataset.py): the same minus the image columns, with
 
 Quarantine table (`_errors/<shard>.parquet`): the fields of `quarantine.SampleErrorRecord`.
 
+Sample table (jobs/sample_generator.py), one row per generated image, one file per chunk of classes:
+    key            string     "<class>_<index>", e.g. "0207_0012"
+    label          int32      the class it was generated for
+    sample_index   int32      its index among the samples of its class
+    file           string     its PNG, relative to the output directory
+    tokens         fixed_size_list<uint16>[N]  the generated token ids (decode_tokens gives the image)
+
 Dataset metadata: every data file's schema carries one JSON object under the `titok` key,
 `DatasetMetadata` below: the view set, crop size, codes per view, the model that made the codes
 (its identity) and the stored image format. Writers build it, readers (training, tokenizing a
@@ -26,7 +33,8 @@ proxy dataset, evaluation) parse it back with `DatasetMetadata.from_schema`.
 
 Between the Ray stages of a shard job a whole shard travels as ONE row (so it is never split and is
 the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model -> write) and
-`ShardResult` (write -> driver), each with `to_row` / `from_row`.
+`ShardResult` (write -> driver), each with `to_row` / `from_row`. The sampling job sends a chunk of
+classes the same way: `SampledChunk` (model -> write), then `ShardResult`.
 """
 
 from __future__ import annotations
@@ -63,6 +71,10 @@ SOURCE_FILE = "_source_file"
 FORMAT_VERSION = 1
 METADATA_KEY = b"titok"
 
+# The sample table's own columns (see the module docstring).
+SAMPLE_INDEX = "sample_index"
+FILE = "file"
+
 
 def codes_type(codes_per_view: int) -> pa.DataType:
     # uint16 holds any codebook up to 65536 entries; a fixed inner size keeps readers' shapes exact.
@@ -98,6 +110,17 @@ def proxy_schema(codes_per_view: int, metadata: DatasetMetadata | None = None) -
 def token_schema(tokens_per_view: int, metadata: DatasetMetadata | None = None) -> pa.Schema:
     fields = _common() + _views() + [pa.field(TOKENS, codes_type(tokens_per_view), nullable=False)]
     return _with_meta(pa.schema(fields), metadata)
+
+
+def sample_schema(tokens_per_image: int) -> pa.Schema:
+    """Rows of the sampling job's chunk files (see the module docstring)."""
+    return pa.schema([
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(LABEL, pa.int32(), nullable=False),
+        pa.field(SAMPLE_INDEX, pa.int32(), nullable=False),
+        pa.field(FILE, pa.string(), nullable=False),
+        pa.field(TOKENS, pa.list_(pa.uint16(), tokens_per_image), nullable=False),
+    ])
 
 
 # Every field of a quarantine record, as a string column (the record is the definition).
@@ -372,3 +395,36 @@ class ShardResult:
     def from_row(cls, row: dict[str, Any]) -> ShardResult:
         return cls(row["shard"], row["name"], int(row["rows"]), _errors_from_json(row["errors"]), bool(row["failed"]),
                    int(row["bytes"]), json.loads(row["stats"]))
+
+
+@dataclass
+class SampledChunk:
+    """A chunk of generated images (sampling job: model stage -> write stage).
+
+    Args:
+        index: the chunk's place in the plan; name: its output name (`chunk-000000`).
+        labels / indices: per image, its class and its index among that class's samples.
+        tokens: (n, N) uint16 generated token ids.
+        images: (n, H, W, 3) uint8, the tokenizer's decoding as the official evaluation converts it.
+        stats: summed timings for the job summary (generate_s, decode_s).
+    """
+
+    index: int
+    name: str
+    labels: list[int]
+    indices: list[int]
+    tokens: np.ndarray
+    images: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "labels": self.labels, "indices": self.indices,
+                "tokens": self.tokens.astype(np.uint16).tobytes(), "tokens_shape": list(self.tokens.shape),
+                "images": self.images.astype(np.uint8).tobytes(), "images_shape": list(self.images.shape),
+                "stats": json.dumps(self.stats)}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SampledChunk:
+        return cls(int(row["index"]), row["name"], [int(v) for v in row["labels"]], [int(v) for v in row["indices"]],
+                   _array(row["tokens"], row["tokens_shape"], np.uint16),
+                   _array(row["images"], row["images_shape"], np.uint8), json.loads(row["stats"]))
