@@ -2,8 +2,9 @@
 returns a `ShardResult` row (rows = images).
 
 Order of writes (pipelines.commit): every PNG (atomically, under `<output>/images/`), then
-`<output>/tokens/<chunk>.parquet` and its empty quarantine file, then the success record. A chunk whose success record is missing is redone whole
-by a rerun and its files are overwritten with the same bytes (same seed, same names).
+`<output>/tokens/<chunk>.parquet` and its empty quarantine file, then the success record. A chunk
+whose success record is missing is redone whole by a rerun, and its files are overwritten with the
+same bytes (same seed, same names).
 """
 
 from __future__ import annotations

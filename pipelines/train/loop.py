@@ -5,8 +5,9 @@ stages and the generator.
                 same command runs again (same RunConfig name + storage path), the latest
                 checkpoint: models, EMA, optimizers, schedules, step, data position, RNG
     loop        micro-batches from this worker's dataset shard, made by the task's batch sampler
-                -> task.train_step (DDP, grad accumulation) -> every log_every: metrics averaged over the window and workers
-                -> every image_every: a PNG grid -> every checkpoint_every: ray.train.report
+                -> task.train_step (DDP, grad accumulation) -> every log_every: metrics averaged
+                over the window and workers -> every image_every: a PNG grid (tasks may draw none)
+                -> every checkpoint_every: ray.train.report
     export      rank 0 writes the (EMA) model with titok_core.save_pretrained to <output>/model
 
 Only rank 0 writes metrics, grids and the model; every rank writes its RNG state into checkpoints.
