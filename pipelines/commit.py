@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .quarantine import SampleErrorRecord
-from .schema import CODES_COLUMNS, ERRORS_SCHEMA
+from .schema import CODES_COLUMNS, ERRORS_SCHEMA, IMAGE
 from .storage import (
     atomic_write_bytes,
     exists,
@@ -105,8 +105,11 @@ def remove_stale_temporaries(output: str) -> int:
 
 def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    # zstd; byte-stream-split lets zstd see the (mostly zero) high bytes of uint16 codes together.
-    pq.write_table(table, buf, compression="zstd", compression_level=6,
+    # zstd; byte-stream-split lets zstd see the (mostly zero) high bytes of uint16 codes together. The
+    # stored images are compressed already: zstd over them costs CPU and saves nothing.
+    compression = {c: "none" if c == IMAGE else "zstd" for c in table.column_names}
+    levels = {c: 6 for c, codec in compression.items() if codec == "zstd"}
+    pq.write_table(table, buf, compression=compression, compression_level=levels,
                    use_byte_stream_split=[c for c in table.column_names if c in CODES_COLUMNS] or False,
                    row_group_size=1024)
     return buf.getvalue()

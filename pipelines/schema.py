@@ -5,9 +5,10 @@ Proxy-code dataset (jobs/precompute_proxy.py), one row per image, one file per i
     label          int32      class index from the `.cls` member
     source_shard   string     URL of the input shard
     source_member  string     tar member the image came from
-    image          binary     the preprocessed base image (shorter side = crop size), PNG (lossless)
-                              or JPEG; its *decoded* pixels are exactly what the teacher saw
-    image_format   string     "png" or "jpeg"
+    image          binary     the preprocessed base image (shorter side = crop size): "zstd" (lossless,
+                              the default), PNG or JPEG (pipelines.preprocess.decode_stored_image reads
+                              all three); its *decoded* pixels are exactly what the teacher saw
+    image_format   string     "zstd", "png" or "jpeg"
     height, width  int32      size of the base image
     view_offsets   list<int32>  per view: crop start in pixels along the long side (the short
                               side equals the crop size, so the other offset is 0)
@@ -144,7 +145,7 @@ class DatasetMetadata:
         view_specs: the views as (offset fraction, flip) pairs.
         crop_size: side of the crops the model saw (= short side of the stored base images).
         codes_per_view: codes per crop (teacher: grid * grid; tokenizer: its token count).
-        image_format: how base images are stored ("png" / "jpeg"); None when not stored.
+        image_format: how base images are stored ("zstd" / "png" / "jpeg"); None when not stored.
         teacher / proxy_codebook_size: proxy datasets: the MaskGIT-VQGAN and its codebook size.
         tokenizer / codebook_size: token datasets: the TiTok tokenizer and its codebook size.
         format_version: of this layout.

@@ -294,7 +294,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lp = "n/a (LPIPS weights not available)" if v["lpips"] is None else v["lpips"]
         lines.append(f"verification      {v['images']} images decoded: PSNR {v['psnr_db']} dB, LPIPS {lp}")
     if "bf16_codes_agreeing_with_fp32" in summary:
-        lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of codes agree (checked batches)")
+        lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of "
+                     f"{summary['bf16_codes_compared']} codes agree (the first batches of each model worker, "
+                     "also run in fp32)")
     for f in summary["failed_shards"][:5]:
         lines.append(f"failed shard      {f}")
     lines.append(f"output            {summary['output']}  (summary: _summary.json, quarantine: _errors/)")

@@ -7,7 +7,13 @@ import argparse
 from typing import Any
 
 from .. import schema as S
-from ..preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, STORED_IMAGE_FORMATS, view_specs
+from ..preprocess import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_STORED_IMAGE_FORMAT,
+    STORED_IMAGE_FORMATS,
+    view_specs,
+)
 from ..runtime import fraction, non_negative_float, positive_float, positive_int, view_set
 from ..storage import check_output, endpoint_options
 from .decode import DecodeOptions
@@ -96,5 +102,5 @@ def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, data
     return code
 
 
-__all__ = ["STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "check_args",
+__all__ = ["DEFAULT_STORED_IMAGE_FORMAT", "STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "check_args",
            "dataset_metadata", "run_job"]
