@@ -23,17 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from pipelines import runtime  # noqa: E402
 from pipelines.encode import options  # noqa: E402
-from pipelines.storage import get_fs  # noqa: E402
 from titok_core import OFFICIAL_URLS, TiTok, TiTokReleased  # noqa: E402
-
-INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tokenize_dataset.py", description=__doc__, formatter_class=runtime.HelpFormatter)
     options.add_io_args(p)
-    p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
-                   help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
+    options.add_input_format_arg(p)
     options.add_image_args(p)
     p.add_argument("--tokenizer", default=OFFICIAL_URLS["L-32"],
                    help="TiTok weights: official tokenizer_titok_*.bin or our checkpoint directory; path, URL or s3://")
@@ -43,20 +39,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     options.add_compute_args(p)
     p.set_defaults(views="center-flip")  # the generator recipe trains on centre crops and their flips
     return p.parse_args(argv)
-
-
-def input_suffix(spec: str, fmt: str) -> str:
-    if fmt != "auto":
-        return INPUT_FORMATS[fmt]
-    return ".parquet" if ".parquet" in spec or _has_parquet(spec) else ".tar"
-
-
-def _has_parquet(spec: str) -> bool:
-    try:
-        fs, path = get_fs(spec)
-        return fs.isdir(path) and bool(fs.glob(path.rstrip("/") + "/*.parquet"))
-    except Exception:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                            tokenizer=runtime.model_identity(path, model),
                                            codebook_size=model.config.codebook_size)
         return options.run_job(args, model_uri=args.tokenizer, model_option="--tokenizer", dataset=dataset,
-                               input_suffix=input_suffix(args.input, args.input_format),
+                               input_suffix=options.input_suffix(args.input, args.input_format),
                                verify_fraction=args.verify_fraction)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         return runtime.fail(str(e))

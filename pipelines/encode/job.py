@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from .. import commit
 from .. import schema as S
@@ -134,13 +134,38 @@ class ShardTally:
         return self.images / max(time.perf_counter() - self.t0, 1e-9)
 
 
-def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
-    import ray
-    from ray.data import ActorPoolStrategy
+class Stage(NamedTuple):
+    """A stage of the shard pipeline: a function (CPU tasks) or a callable class (the model actor pool),
+    with its keyword arguments (`fn_constructor_kwargs` for a class)."""
 
+    fn: Callable
+    kwargs: dict[str, Any]
+
+
+def encode_stages(cfg: EncodeJobConfig) -> tuple[Stage, Stage]:
+    """This job's model stage (codes for every view) and write stage (one committed Parquet file)."""
     from .model import EncodeViews
     from .write import write_shard
 
+    model = Stage(EncodeViews, dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
+                                    crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
+                                    codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
+                                    threads=cfg.threads, verify_fraction=cfg.verify_fraction))
+    write = Stage(write_shard, dict(output=cfg.output, metadata=cfg.dataset, storage_options=cfg.storage_options))
+    return model, write
+
+
+def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tuple[Stage, Stage] | None = None):
+    """decode -> model -> write over the shards `todo`, one row per shard.
+
+    `stages` (model, write) replaces this job's own (`encode_stages`): another shard job (evaluation)
+    keeps the decoding, resources, planning, commits and summary, and brings its own model work. Its
+    write stage must commit the shard and return a `schema.ShardResult` row.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    model, write = stages or encode_stages(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # One row per shard: never let Ray Data coalesce several shards into one task.
@@ -149,29 +174,20 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
     env = {"runtime_env": {"env_vars": forwarded_env()}}
     ds = ds.map(decode_shard, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
                 num_cpus=cfg.decode_cpus, **env)
-    ds = ds.map(
-        EncodeViews,
-        fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
-                                   crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
-                                   codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
-                                   threads=cfg.threads, verify_fraction=cfg.verify_fraction),
-        compute=ActorPoolStrategy(size=cfg.workers),
-        num_gpus=cfg.num_gpus,
-        num_cpus=cfg.num_cpus,
-        **env,
-    )
-    return ds.map(write_shard, fn_kwargs=dict(output=cfg.output, metadata=cfg.dataset,
-                                              storage_options=cfg.storage_options),
-                  num_cpus=cfg.decode_cpus, **env)
+    ds = ds.map(model.fn, fn_constructor_kwargs=model.kwargs, compute=ActorPoolStrategy(size=cfg.workers),
+                num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **env)
+    return ds.map(write.fn, fn_kwargs=write.kwargs, num_cpus=cfg.decode_cpus, **env)
 
 
-def run(cfg: EncodeJobConfig) -> tuple[dict[str, Any], int]:
-    """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`."""
+def run(cfg: EncodeJobConfig, stages: tuple[Stage, Stage] | None = None) -> tuple[dict[str, Any], int]:
+    """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`.
+
+    `stages`: another job's model and write stages (see `build_dataset`)."""
     t0 = time.perf_counter()
     todo, skipped = plan(cfg)
     tally = ShardTally(len(todo))
     if todo:
-        for row in build_dataset(cfg, todo).iter_rows():
+        for row in build_dataset(cfg, todo, stages).iter_rows():
             tally.add(S.ShardResult.from_row(row))
     tally.bar.close()
     wall = time.perf_counter() - t0
