@@ -7,7 +7,7 @@ the reconstructions with the same crops. Input: WebDataset shards, or a proxy da
 pixels. Per-shard results (per-image Parquet, float64 feature statistics) are committed like the
 other shard jobs': kill it, rerun the same command, and committed shards are not redone; the result
 depends neither on the number of workers nor on the shard order. --output gets metrics.json,
-metrics.md (ours beside the paper's), the per-image Parquet files and worst.png / best.png.
+metrics.md (ours beside the paper's), worst.png / best.png and per_image/ (Parquet, one row per image).
 
 example (the paper's protocol: ImageNet-1k val, 50,000 images, on a GPU cluster):
   ray job submit --working-dir . -- python jobs/evaluate_tokenizer.py \\
@@ -20,6 +20,7 @@ example (the paper's protocol: ImageNet-1k val, 50,000 images, on a GPU cluster)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -30,7 +31,13 @@ from pipelines.encode import options  # noqa: E402
 from pipelines.encode.job import format_summary  # noqa: E402
 from pipelines.evaluate import report  # noqa: E402
 from pipelines.evaluate.features import INCEPTION_FILES, FeatureSpec  # noqa: E402
-from pipelines.evaluate.job import EvaluateJobConfig, check_output, lpips_weights_sha256, run  # noqa: E402
+from pipelines.evaluate.job import (  # noqa: E402
+    EvaluateJobConfig,
+    check_output,
+    lpips_weights_sha256,
+    per_image_output,
+    run,
+)
 from titok_core import MaskGITVQGAN, TiTok, TiTokReleased  # noqa: E402
 
 
@@ -92,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset = options.dataset_metadata(args, codes_per_view=codes, image_format=None, **named)
         shards = options.encode_config(args, model_uri=args.tokenizer, model_option="--tokenizer", dataset=dataset,
                                        input_suffix=options.input_suffix(args.input, args.input_format))
+        shards = dataclasses.replace(shards, output=per_image_output(args.output))
         reference = (report.load_reference(args.reference_stats, features, shards.storage_options)
                      if args.reference_stats else None)
-        cfg = EvaluateJobConfig(shards, features, lpips=not args.no_lpips, lpips_weights=args.lpips_weights,
+        cfg = EvaluateJobConfig(args.output, shards, features, lpips=not args.no_lpips, lpips_weights=args.lpips_weights,
                                 lpips_sha256=lpips_sha256, reference=reference,
                                 save_reference=args.save_reference_stats, grid_rows=args.grid_rows)
         check_output(cfg)  # everything above is checked before Ray starts or anything is written
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     if result is not None:
         print(report.format_metrics(result))
-        print(f"metrics           {args.output}/metrics.json, metrics.md, worst.png, best.png")
+        print(f"report            {args.output}: metrics.json, metrics.md, worst.png, best.png, per_image/")
     return code
 
 

@@ -11,6 +11,13 @@ commits, with its own model and write stages:
       -> write_evaluated_shard     CPU tasks: per-image Parquet + _stats/ + _grids/, then the success record
       -> driver                    merge every committed shard (also skipped ones), compute FID once,
                                    metrics.json, metrics.md, worst.png / best.png
+
+    <output>/metrics.json, metrics.md, worst.png, best.png     the report
+    <output>/per_image/                                         the shard job's output: <shard>.parquet
+                                                                per image, _stats/, _grids/, _errors/,
+                                                                _success/, _summary.json
+The per-image rows get a directory of their own so that it opens as one dataset
+(`pd.read_parquet(<output>/per_image)`), which files of other kinds beside them would break.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from .. import commit
 from ..encode.job import EncodeJobConfig, Stage
 from ..encode.job import run as run_shards
 from ..runtime import load_lpips, vgg16_weights
-from ..storage import atomic_write_bytes, expand_inputs
+from ..storage import atomic_write_bytes, expand_inputs, join_url
 from . import report
 from .features import FeatureSpec, file_sha256
 from .measure import MeasureReconstructions
@@ -31,6 +38,12 @@ from .protocol import PROTOCOL
 from .write import write_evaluated_shard
 
 log = logging.getLogger("titok.evaluate")
+PER_IMAGE_DIR = "per_image"
+
+
+def per_image_output(output: str) -> str:
+    """Where an evaluation's per-image dataset (the shard job's output, with its commits) goes."""
+    return join_url(output, PER_IMAGE_DIR)
 
 
 @dataclass(frozen=True)
@@ -38,8 +51,10 @@ class EvaluateJobConfig:
     """One evaluation run.
 
     Args:
-        shards: the shard job underneath: input, output, decoding, resources, the tokenizer's URI, and
-            the metadata naming the tokenizer (views: the centre crop; codes per view: its tokens).
+        output: the evaluation's directory (local or URL): the report, and `per_image_output(output)`.
+        shards: the shard job underneath: input, its output (`per_image_output(output)`), decoding,
+            resources, the tokenizer's URI, and the metadata naming the tokenizer (views: the centre
+            crop; codes per view: its tokens).
         features: the FID feature network.
         lpips: measure LPIPS-VGG; lpips_weights: its VGG16 weights URI (None: torch's hub cache);
             lpips_sha256: their hash (the identity a resumed run must match).
@@ -48,6 +63,7 @@ class EvaluateJobConfig:
         grid_rows: rows of worst.png / best.png.
     """
 
+    output: str
     shards: EncodeJobConfig
     features: FeatureSpec
     lpips: bool = True
@@ -58,6 +74,7 @@ class EvaluateJobConfig:
     grid_rows: int = 8
 
     def __post_init__(self) -> None:
+        assert self.shards.output == per_image_output(self.output), "the shards go to <output>/per_image"
         if self.reference is not None and self.save_reference:
             raise ValueError("--save-reference-stats saves the statistics this run measures, and with "
                              "--reference-stats it measures none: use one of them")
@@ -103,7 +120,7 @@ def check_output(cfg: EvaluateJobConfig) -> None:
         if theirs != mine:
             what = ("not an evaluation" if theirs is None else
                     "another " + ", ".join(k for k in mine if theirs.get(k) != mine[k]).replace("_", " "))
-            raise ValueError(f"--output {cfg.shards.output} already holds shard {name} of {what}: "
+            raise ValueError(f"--output {cfg.output} already holds shard {name} of {what}: "
                              "use another --output, or --overwrite to redo every shard")
 
 
@@ -139,9 +156,9 @@ def run(cfg: EvaluateJobConfig) -> tuple[dict[str, Any], dict[str, Any] | None, 
         "lpips": ({"network": "LPIPS-VGG (lpips package)", "backbone_sha256": cfg.lpips_sha256,
                    "source": cfg.lpips_weights} if cfg.lpips else None),
         "precision": s.precision, "batch_size": s.batch_size,
-        "input": s.input, "output": s.output,
+        "input": s.input, "output": cfg.output, "per_image": s.output,
     }
-    report.write_outputs(s.output, result, collected, cfg.grid_rows, s.storage_options)
+    report.write_outputs(cfg.output, result, collected, cfg.grid_rows, s.storage_options)
     if cfg.save_reference and collected.stats is not None and collected.stats.real is not None:
         atomic_write_bytes(cfg.save_reference, report.reference_bytes(collected.stats.real, cfg.features),
                            s.storage_options)

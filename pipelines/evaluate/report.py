@@ -33,7 +33,7 @@ from ..storage import atomic_write_bytes, join_url, read_bytes, write_json_atomi
 from . import grids
 from .features import FeatureSpec, frechet_distance
 from .protocol import PAPER_IMAGES, PAPER_RFID, PROTOCOL, paper_model
-from .stats import ShardStats, merge
+from .stats import ShardStats
 
 STATS_DIR = "_stats"
 GRIDS_DIR = "_grids"
@@ -113,9 +113,11 @@ class Collected:
 def collect(output: str, names: list[str], storage_options: dict | None = None) -> Collected:
     """Read the statistics, per-image rows and grid candidates of the committed shards `names`."""
     names = sorted(names)
-    stats, tables, cands = [], [], []
-    for name in names:
-        stats.append(ShardStats.from_bytes(read_bytes(join_url(output, STATS_DIR, f"{name}.npz"), storage_options)))
+    stats: ShardStats | None = None
+    tables, cands = [], []
+    for name in names:  # a running sum: 50 shards' 2048-d moments would hold 3 GB at once
+        shard = ShardStats.from_bytes(read_bytes(join_url(output, STATS_DIR, f"{name}.npz"), storage_options))
+        stats = shard if stats is None else stats + shard
         tables.append(pq.read_table(pa.BufferReader(read_bytes(data_url(output, name), storage_options)),
                                     columns=[S.KEY, S.LABEL, S.PSNR, S.SSIM, S.LPIPS]))
         cands.append(pq.read_table(pa.BufferReader(read_bytes(join_url(output, GRIDS_DIR, f"{name}.parquet"),
@@ -124,7 +126,7 @@ def collect(output: str, names: list[str], storage_options: dict | None = None) 
     order = np.argsort(np.asarray(table.column(S.KEY).to_pylist(), dtype=object), kind="stable")
     col = lambda name: table.column(name).to_numpy(zero_copy_only=False)[order]  # noqa: E731
     lpips = np.asarray([np.nan if v is None else v for v in col(S.LPIPS)], np.float64)
-    return Collected(names, merge(stats) if stats else None, list(col(S.KEY)), col(S.LABEL).astype(np.int64),
+    return Collected(names, stats, list(col(S.KEY)), col(S.LABEL).astype(np.int64),
                      col(S.PSNR).astype(np.float64), col(S.SSIM).astype(np.float64), lpips, cands)
 
 
@@ -209,7 +211,7 @@ def markdown(result: dict[str, Any]) -> str:
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     paper_col = paper["model"] if paper else "paper"
     lines = [
-        f"# Reconstruction quality: {tok['kind']} ({tok['source']})",
+        f"# Reconstruction quality: {tok['kind']}" + (f", {paper['model']} size" if paper else "") + f" ({tok['source']})",
         "",
         f"{result['images']:,} images, {result['quarantined']:,} quarantined; centre crop {PROTOCOL['input'].split('; ')[-1]}; "
         f"reference: {result['reference']['kind']}. Status: {result['status']}.",

@@ -72,12 +72,3 @@ class ShardStats:
         real = _moments_from(arrays, "real") if "real_n" in arrays else None
         return cls(real, _moments_from(arrays, "fake"), arrays["token_counts"].astype(np.int64))
 
-
-def merge(stats: list[ShardStats]) -> ShardStats:
-    """The statistics of the union of disjoint sets, summed in the order given."""
-    if not stats:
-        raise ValueError("no statistics to merge")
-    out = stats[0]
-    for s in stats[1:]:
-        out = out + s
-    return out
