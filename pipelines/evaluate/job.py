@@ -111,7 +111,9 @@ def input_names(cfg: EvaluateJobConfig) -> list[str]:
 
 
 def check_output(cfg: EvaluateJobConfig) -> None:
-    """Refuse (one line) an --output whose committed shards come from another evaluation."""
+    """Before Ray starts: refuse (one line) an --input that names no shards, and an --output whose
+    committed shards come from another evaluation."""
+    input_names(cfg)
     if cfg.shards.overwrite:
         return
     mine = cfg.fingerprint()

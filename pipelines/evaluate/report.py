@@ -32,7 +32,7 @@ from ..commit import data_url
 from ..storage import atomic_write_bytes, join_url, read_bytes, write_json_atomic
 from . import grids
 from .features import FeatureSpec, frechet_distance
-from .protocol import PAPER_IMAGES, PAPER_RFID, PROTOCOL, paper_model
+from .protocol import PAPER_IMAGES, PAPER_RFID, PROTOCOL, RESOLUTION, paper_model
 from .stats import ShardStats
 
 STATS_DIR = "_stats"
@@ -138,10 +138,6 @@ def _mean(values: np.ndarray) -> float | None:
     return math.fsum(values.tolist()) / len(values) if len(values) and not np.isnan(values).any() else None
 
 
-def _round(x: float | None, digits: int = 6) -> float | None:
-    return None if x is None else round(x, digits)
-
-
 def compute_metrics(c: Collected, features: FeatureSpec, tokenizer: dict[str, Any],
                     reference: Reference | None = None) -> dict[str, Any]:
     """Every number of the evaluation, plus what a reader needs to judge it (see `write_outputs`)."""
@@ -171,10 +167,10 @@ def compute_metrics(c: Collected, features: FeatureSpec, tokenizer: dict[str, An
         notes.append(f"the reference statistics hold {reference.n:,} images, this run {n:,}: not the same image set")
     if paper is None:
         notes.append("no paper model of this size (the paper reports L-32, B-64, S-128 and the teacher)")
-    metrics = {
-        ("rfid" if features.is_rfid else "fid_random_features"): _round(fid),
-        "psnr": _round(_mean(c.psnr)), "ssim": _round(_mean(c.ssim)), "lpips": _round(_mean(c.lpips)),
-        "codebook_usage": _round(usage), "codebook_perplexity": _round(perplexity, 4),
+    metrics = {  # full precision: equal inputs give equal numbers, whatever the workers or the shard order
+        ("rfid" if features.is_rfid else "fid_random_features"): fid,
+        "psnr": _mean(c.psnr), "ssim": _mean(c.ssim), "lpips": _mean(c.lpips),
+        "codebook_usage": usage, "codebook_perplexity": perplexity,
         "codebook_size": int(len(c.stats.token_counts)) if c.stats else None,
     }
     per_class: dict[str, dict[str, Any]] = {}
@@ -183,8 +179,8 @@ def compute_metrics(c: Collected, features: FeatureSpec, tokenizer: dict[str, An
         groups[label].append(i)
     for label in sorted(groups):
         idx = np.asarray(groups[label])
-        per_class[str(label)] = {"images": len(idx), "psnr": _round(_mean(c.psnr[idx])),
-                                 "ssim": _round(_mean(c.ssim[idx])), "lpips": _round(_mean(c.lpips[idx]))}
+        per_class[str(label)] = {"images": len(idx), "psnr": _mean(c.psnr[idx]), "ssim": _mean(c.ssim[idx]),
+                                 "lpips": _mean(c.lpips[idx])}
     comparable = features.is_rfid and features.identity()["official_weights"] and min(n, ref_n) >= PAPER_IMAGES \
         and paper is not None and (reference is None or reference.n == n)
     return {
@@ -209,14 +205,14 @@ def markdown(result: dict[str, Any]) -> str:
     tok = result["tokenizer"]
     fid_key = "rfid" if "rfid" in m else "fid_random_features"
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-    paper_col = paper["model"] if paper else "paper"
+    paper_col = f"paper, {paper['model']}" if paper else "paper (no model of this size)"
     lines = [
         f"# Reconstruction quality: {tok['kind']}" + (f", {paper['model']} size" if paper else "") + f" ({tok['source']})",
         "",
-        f"{result['images']:,} images, {result['quarantined']:,} quarantined; centre crop {PROTOCOL['input'].split('; ')[-1]}; "
-        f"reference: {result['reference']['kind']}. Status: {result['status']}.",
+        f"{result['images']:,} images, {result['quarantined']:,} quarantined; {RESOLUTION}x{RESOLUTION} centre crops "
+        f"(the official eval transform); rFID reference: {result['reference']['kind']}. Status: {result['status']}.",
         "",
-        f"| metric | ours | {paper_col} (paper) |",
+        f"| metric | ours | {paper_col} |",
         "|---|---|---|",
         f"| {'rFID' if fid_key == 'rfid' else 'FID (random features, not rFID)'} | {fmt(m[fid_key], 3)} | "
         f"{fmt(paper['rfid'], 2) if paper else '-'} |",
@@ -250,10 +246,12 @@ def format_metrics(result: dict[str, Any]) -> str:
     m = result["metrics"]
     fid_key = "rfid" if "rfid" in m else "fid_random_features"
     paper = result["paper"]
-    lines = [f"{'rFID' if fid_key == 'rfid' else 'FID (random features)':18s}{m[fid_key]}"
+    num = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"{'rFID' if fid_key == 'rfid' else 'FID (random features)':18s}{num(m[fid_key], 4)}"
              + (f"   (paper, {paper['model']}: {paper['rfid']})" if paper else ""),
-             f"{'PSNR / SSIM':18s}{m['psnr']} dB / {m['ssim']}",
-             f"{'LPIPS':18s}{m['lpips'] if m['lpips'] is not None else 'not measured'}",
-             f"{'codebook':18s}usage {m['codebook_usage']}, perplexity {m['codebook_perplexity']}"]
+             f"{'PSNR / SSIM':18s}{num(m['psnr'], 3)} dB / {num(m['ssim'], 4)}",
+             f"{'LPIPS':18s}{num(m['lpips'], 4) if m['lpips'] is not None else 'not measured'}",
+             f"{'codebook':18s}usage {num(m['codebook_usage'], 4)} of {m['codebook_size']}, "
+             f"perplexity {num(m['codebook_perplexity'], 1)}"]
     lines += [f"{'note':18s}{note}" for note in result["notes"]]
     return "\n".join(lines)
