@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,18 +41,37 @@ class CenterCrops(torch.utils.data.Dataset):
         return torch.from_numpy(apply_view(base, View(0.5, False))).permute(2, 0, 1)
 
 
-def plain_loop(paths: list[str], model: torch.nn.Module, batch_size: int) -> float:
-    """A single-process PyTorch loop: DataLoader with 1 decoding worker, model.encode in the main process."""
+def plain_loop(paths: list[str], model: torch.nn.Module, batch_size: int, bf16: bool = False) -> float:
+    """A single-process PyTorch loop: DataLoader with 1 decoding worker, model.encode in the main process
+    (bf16: autocast and channels-last input, as the job runs it)."""
     t0 = time.perf_counter()
     loader = torch.utils.data.DataLoader(CenterCrops(paths), batch_size=batch_size, num_workers=1)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            model.encode(batch.float().div_(255))
+            x = batch.float().div_(255)
+            model.encode(x.contiguous(memory_format=torch.channels_last) if bf16 else x)
     return time.perf_counter() - t0
 
 
+def fit_fixed_and_rate(counts: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least squares of seconds = fixed + count / rate: (fixed seconds, steady-state images/s)."""
+    slope, fixed = np.polyfit(np.asarray(counts, float), np.asarray(seconds, float), 1)
+    return float(fixed), float(1.0 / slope) if slope > 0 else float("inf")
+
+
+def shard_list(work: Path, shards: int) -> str:
+    """A .txt list naming the first `shards` shards of `work/shards` (a job input of that many)."""
+    names = sorted(p.name for p in (work / "shards").glob("*.tar"))[:shards]
+    path = work / f"first-{shards}.txt"
+    path.write_text("".join(f"shards/{n}\n" for n in names))
+    return str(path)
+
+
 def sample_images(n: int) -> list[SourceImage]:
-    return sorted(collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv")), key=lambda im: im.key)[:n]
+    """The first n of the 250 real ImageNet JPEGs; beyond 250 the sample repeats under new keys."""
+    found = sorted(collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv")), key=lambda im: im.key)
+    return [SourceImage(f"{im.key}_{i // len(found)}" if i >= len(found) else im.key, im.path, im.label)
+            for i, im in ((i, found[i % len(found)]) for i in range(n))]
 
 
 def make_workdir(images: list[SourceImage], per_shard: int = 16) -> Path:

@@ -1,26 +1,34 @@
 """The proxy-code job (Ray Data) vs a plain single-process PyTorch loop, same images, same teacher.
 
-    python benchmarks/precompute.py [--images 48] [--repeats 3]
+    python benchmarks/precompute.py [--counts 16 32 48] [--repeats 3] [--precision fp32|bf16]
 
 Both sides: the full-size MaskGIT-VQGAN architecture with random weights, 256x256 centre crops of
-real ImageNet JPEGs (../shared/data/imagenet-sample), fp32, channels-last, batch 8. The plain loop
-(benchmarks/common.py) writes nothing; the job reads tar shards, writes Parquet + commit records.
-Runs alternate so the machine's noise hits both alike; medians and the ratio are printed, plus the
-on-disk bytes per view of the proxy codes against the 320-byte bound (256 codes x 10 bits).
+real ImageNet JPEGs (../shared/data/imagenet-sample), channels-last, batch 8, fp32 or bf16 autocast
+(bf16: the job also runs its first two batches in fp32 to report agreement, as it always does). The
+plain loop (benchmarks/common.py) writes nothing; the job reads tar shards (16 images each), writes
+Parquet + commit records. For each image count the two alternate `--repeats` times in one Ray
+session, so the machine's noise hits both alike; medians per count are then fitted as
+`seconds = fixed + images / rate`: the fixed cost (Ray Data start-up, model actor start) and the
+steady-state images/s of each side, whose ratio is what a long job sees. Also printed: the on-disk
+bytes per view of the proxy codes against the 320-byte bound (256 codes x 10 bits).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 
-from common import make_workdir, plain_loop, report, sample_images, side_by_side, timed_job
+from common import fit_fixed_and_rate, make_workdir, plain_loop, sample_images, shard_list, timed_job
 from jobs.precompute_proxy import main as precompute
 from titok_core import VQGAN_PRESETS, MaskGITVQGAN
+
+PER_SHARD = 16
 
 
 def codes_bytes_per_view(out: Path) -> tuple[float, float]:
@@ -39,28 +47,47 @@ def codes_bytes_per_view(out: Path) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--counts", type=int, nargs="+", default=[16, 32, 48], help="image counts (multiples of 16)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args()
-    images = sample_images(args.images)
-    work = make_workdir(images)
+    import ray
+    bf16 = args.precision == "bf16"
+    images = sample_images(max(args.counts))
+    work = make_workdir(images, PER_SHARD)
     torch.manual_seed(0)
     teacher = MaskGITVQGAN(VQGAN_PRESETS["f16-256"]).eval()
     torch.save(teacher.state_dict(), work / "teacher.bin")
     teacher = teacher.to(memory_format=torch.channels_last)
-    argv = ["--input", str(work / "shards"), "--teacher", str(work / "teacher.bin"), "--views", "center",
-            "--batch-size", str(args.batch_size), "--threads", str(torch.get_num_threads())]
-    job_s, loop_s = side_by_side(
-        len(images), args.repeats,
-        job=lambda: timed_job(precompute, argv, work / "out"),
-        loop=lambda: plain_loop([im.path for im in images], teacher, args.batch_size))
-    report(f"{len(images)} real ImageNet JPEGs, full-size MaskGIT-VQGAN (random weights), 256x256, batch "
-           f"{args.batch_size}, fp32 channels-last, torch {torch.__version__}, median of {args.repeats}",
-           len(images), job_s, loop_s)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count())
+    job_med, loop_med = [], []
+    try:
+        for n in args.counts:
+            argv = ["--input", shard_list(work, n // PER_SHARD), "--teacher", str(work / "teacher.bin"),
+                    "--views", "center", "--batch-size", str(args.batch_size), "--threads", str(torch.get_num_threads()),
+                    "--precision", args.precision]
+            job_s, loop_s = [], []
+            for _ in range(args.repeats):
+                job_s.append(timed_job(precompute, argv, work / "out"))
+                loop_s.append(plain_loop([im.path for im in images[:n]], teacher, args.batch_size, bf16=bf16))
+            job_med.append(statistics.median(job_s))
+            loop_med.append(statistics.median(loop_s))
+            print(f"  {n:4d} images: job {job_med[-1]:6.1f} s, loop {loop_med[-1]:6.1f} s")
+    finally:
+        ray.shutdown()
+    job_fixed, job_rate = fit_fixed_and_rate(args.counts, job_med)
+    loop_fixed, loop_rate = fit_fixed_and_rate(args.counts, loop_med)
+    print(f"\nfull-size MaskGIT-VQGAN (random weights), 256x256, batch {args.batch_size}, {args.precision} channels-last, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs, medians of {args.repeats}, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"  plain loop   fixed {loop_fixed:5.1f} s   steady state {loop_rate:6.2f} img/s")
+    print(f"  job          fixed {job_fixed:5.1f} s   steady state {job_rate:6.2f} img/s")
     codes_b, row_b = codes_bytes_per_view(work / "out")
     print(f"  proxy_codes on disk: {codes_b:.0f} bytes per view (bound: 320 = 256 codes x 10 bits; "
-          f"uint16 raw 512); whole row incl. PNG base image: {row_b:.0f} bytes per view")
+          f"uint16 raw 512); whole row incl. the stored base image: {row_b:.0f} bytes per view")
+    print(f"  job / loop, steady state   {job_rate / loop_rate:.2f}x")
     shutil.rmtree(work, ignore_errors=True)
 
 

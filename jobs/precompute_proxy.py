@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", default=HUB_MODELS["maskgit-vqgan"],
                    help="MaskGIT-VQGAN weights: official .bin or our checkpoint directory; path, hf:// name, URL "
                         "or s3://")
-    p.add_argument("--image-format", choices=options.STORED_IMAGE_FORMATS, default="png",
-                   help="how the base image is stored: png (lossless) or jpeg (q95; codes are computed on the "
+    p.add_argument("--image-format", choices=options.STORED_IMAGE_FORMATS, default=options.DEFAULT_STORED_IMAGE_FORMAT,
+                   help="how the base image is stored: zstd (lossless, ~PNG's size, 7x faster to read than PNG), "
+                        "png (lossless, universal) or jpeg (q95 4:4:4, 3x smaller; codes are computed on the "
                         "decoded JPEG, so they match what readers decode)")
     options.add_compute_args(p)
     return p.parse_args(argv)

@@ -24,17 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from pipelines import runtime  # noqa: E402
 from pipelines.encode import options  # noqa: E402
 from pipelines.encode.decode import check_proxy_input  # noqa: E402
-from pipelines.storage import endpoint_options, get_fs  # noqa: E402
+from pipelines.storage import endpoint_options  # noqa: E402
 from titok_core import HUB_MODELS, TiTok, TiTokReleased  # noqa: E402
-
-INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = runtime.JobArgumentParser(prog="tokenize_dataset.py", description=__doc__)
     options.add_io_args(p)
-    p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
-                   help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
+    options.add_input_format_arg(p)
     options.add_image_args(p)
     p.add_argument("--tokenizer", default=HUB_MODELS["L-32"],
                    help="TiTok weights: a Hugging Face name (hf://yucornetto/tokenizer_titok_{l32,b64,s128}_imagenet), "
@@ -47,26 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def input_suffix(spec: str, fmt: str) -> str:
-    if fmt != "auto":
-        return INPUT_FORMATS[fmt]
-    return ".parquet" if ".parquet" in spec or _has_parquet(spec) else ".tar"
-
-
-def _has_parquet(spec: str) -> bool:
-    try:
-        fs, path = get_fs(spec)
-        return fs.isdir(path) and bool(fs.glob(path.rstrip("/") + "/*.parquet"))
-    except Exception:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     runtime.setup_logging()
     try:
         args = parse_args(argv)
         options.check_args(args)
-        suffix = input_suffix(args.input, args.input_format)
+        suffix = options.input_suffix(args.input, args.input_format)
         if suffix == ".parquet":  # a proxy dataset: the right kind, the right crop size
             check_proxy_input(args.input, args.resolution, endpoint_options(args.endpoint_url))
         _, model = runtime.load_model_uri(args.tokenizer, option="--tokenizer", what="tokenizer weights",

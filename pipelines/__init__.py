@@ -12,10 +12,11 @@ Holds (flat: what every job uses)
     demo_data, demo_report   the demo's images and its report
 Sub-packages
     encode/      the shard jobs (precompute_proxy, tokenize_dataset): decode -> model -> write
+    evaluate/    the evaluation job (evaluate_tokenizer): reconstruction quality on the shard machinery
     train/       the tokenizer training job on Ray Train: recipes, data, tasks, loop, outputs
 
 May import: titok_core, ray, pyarrow, fsspec, numpy, torch, PIL and the other libraries of the
 project's dependencies. Never imports `jobs` (the entry points import us). `encode` and `train`
-are independent of each other. These rules are contracts checked by import-linter
+are independent of each other; `evaluate` builds on `encode` and is independent of `train`. These rules are contracts checked by import-linter
 (`[tool.importlinter]` in pyproject.toml, run by tests/test_architecture.py).
 """

@@ -2,6 +2,7 @@
 
     <output>/<name>.parquet            rows of input shard <name> (deterministic name)
     <output>/_errors/<name>.parquet    its quarantined samples
+    <output>/_<kind>/<name>.<ext>      side files a job adds per shard (evaluation: `_stats/`, `_grids/`)
     <output>/_success/<name>.json      its success record, written last: the commit
     <output>/_summary.json             the last run's job summary
     <output>/_lease.json               while a run writes: which run, renewed every ttl / 3 seconds
@@ -36,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .quarantine import SampleErrorRecord
-from .schema import CODES_COLUMNS, ERRORS_SCHEMA
+from .schema import CODES_COLUMNS, ERRORS_SCHEMA, IMAGE
 from .storage import (
     atomic_write_bytes,
     exists,
@@ -97,7 +98,8 @@ def remove_stale_temporaries(output: str) -> int:
     if not is_local(output):
         return 0  # object stores: an unfinished upload never becomes visible
     root = Path(output.removeprefix("file://"))
-    stale = [p for d in (root, root / ERRORS_DIR, root / SUCCESS_DIR) if d.is_dir() for p in d.glob(".*.tmp")]
+    dirs = [root, *(d for d in root.glob("_*") if d.is_dir())] if root.is_dir() else []  # _errors, _success, side files
+    stale = [p for d in dirs for p in d.glob(".*.tmp")]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
@@ -105,20 +107,32 @@ def remove_stale_temporaries(output: str) -> int:
 
 def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    # zstd; byte-stream-split lets zstd see the (mostly zero) high bytes of uint16 codes together.
-    pq.write_table(table, buf, compression="zstd", compression_level=6,
+    # zstd; byte-stream-split lets zstd see the (mostly zero) high bytes of uint16 codes together. The
+    # stored images are compressed already: zstd over them costs CPU and saves nothing.
+    compression = {c: "none" if c == IMAGE else "zstd" for c in table.column_names}
+    levels = {c: 6 for c, codec in compression.items() if codec == "zstd"}
+    pq.write_table(table, buf, compression=compression, compression_level=levels,
                    use_byte_stream_split=[c for c in table.column_names if c in CODES_COLUMNS] or False,
                    row_group_size=1024)
     return buf.getvalue()
 
 
 def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: list[SampleErrorRecord],
-                 extra: dict[str, Any], storage_options: dict | None = None) -> dict[str, Any]:
-    """Write data, errors, then the success record. Returns the record."""
+                 extra: dict[str, Any], storage_options: dict | None = None,
+                 side_files: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Write data, errors, any side files, then the success record. Returns the record.
+
+    Args:
+        side_files: more per-shard files, by path relative to `output` (e.g. `_stats/<name>.npz`);
+            written before the success record, so they are committed with the shard. The record
+            lists them with their SHA-256.
+    """
     data = parquet_bytes(table)
     atomic_write_bytes(data_url(output, name), data, storage_options)
     err_table = pa.Table.from_pylist([dataclasses.asdict(e) for e in errors], schema=ERRORS_SCHEMA)
     atomic_write_bytes(join_url(output, ERRORS_DIR, f"{name}.parquet"), parquet_bytes(err_table), storage_options)
+    for rel, content in (side_files or {}).items():
+        atomic_write_bytes(join_url(output, *rel.split("/")), content, storage_options)
     record = {
         "shard": shard,
         "name": name,
@@ -129,6 +143,7 @@ def commit_shard(output: str, name: str, shard: str, table: pa.Table, errors: li
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"side_files": {rel: hashlib.sha256(c).hexdigest() for rel, c in side_files.items()}} if side_files else {}),
         **extra,
     }
     write_json_atomic(success_url(output, name), record, storage_options)

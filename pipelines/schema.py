@@ -5,9 +5,10 @@ Proxy-code dataset (jobs/precompute_proxy.py), one row per image, one file per i
     label          int32      class index from the `.cls` member
     source_shard   string     URL of the input shard
     source_member  string     tar member the image came from
-    image          binary     the preprocessed base image (shorter side = crop size), PNG (lossless)
-                              or JPEG; its *decoded* pixels are exactly what the teacher saw
-    image_format   string     "png" or "jpeg"
+    image          binary     the preprocessed base image (shorter side = crop size): "zstd" (lossless,
+                              the default), PNG or JPEG (pipelines.preprocess.decode_stored_image reads
+                              all three); its *decoded* pixels are exactly what the teacher saw
+    image_format   string     "zstd", "png" or "jpeg"
     height, width  int32      size of the base image
     view_offsets   list<int32>  per view: crop start in pixels along the long side (the short
                               side equals the crop size, so the other offset is 0)
@@ -16,6 +17,12 @@ Proxy-code dataset (jobs/precompute_proxy.py), one row per image, one file per i
 
 Token dataset (jobs/tokenize_dataset.py): the same minus the image columns, with
     tokens         list<fixed_size_list<uint16>[N]>  per view: the tokenizer's tokens
+
+Evaluation table (jobs/evaluate_tokenizer.py), one row per image of the centre-crop protocol:
+    key, label, source_shard, source_member   as above
+    tokens         fixed_size_list<uint16>[N]   the tokenizer's tokens of the crop (the teacher: its codes)
+    psnr, ssim     float64    of the uint8 reconstruction against the uint8 crop
+    lpips          float64    LPIPS-VGG; null when the run measured no LPIPS (--no-lpips)
 
 Quarantine table (`_errors/<shard>.parquet`): the fields of `quarantine.SampleErrorRecord`.
 
@@ -33,8 +40,9 @@ proxy dataset, evaluation) parse it back with `DatasetMetadata.from_schema`.
 
 Between the Ray stages of a shard job a whole shard travels as ONE row (so it is never split and is
 the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model -> write) and
-`ShardResult` (write -> driver), each with `to_row` / `from_row`. The sampling job sends a chunk of
-classes the same way: `SampledChunk` (model -> write), then `ShardResult`.
+`ShardResult` (write -> driver), each with `to_row` / `from_row`; the evaluation job's model stage
+sends `EvaluatedShard` to its write stage instead of `EncodedShard`. The sampling job sends a chunk
+of classes the same way: `SampledChunk` (model -> write), then `ShardResult`.
 """
 
 from __future__ import annotations
@@ -67,6 +75,9 @@ TOKENS = "tokens"
 CODES_COLUMNS = (PROXY_CODES, TOKENS)
 # Added by readers, never stored: the file a row was read from (for error messages).
 SOURCE_FILE = "_source_file"
+PSNR = "psnr"
+SSIM = "ssim"
+LPIPS = "lpips"
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"titok"
@@ -110,6 +121,17 @@ def proxy_schema(codes_per_view: int, metadata: DatasetMetadata | None = None) -
 def token_schema(tokens_per_view: int, metadata: DatasetMetadata | None = None) -> pa.Schema:
     fields = _common() + _views() + [pa.field(TOKENS, codes_type(tokens_per_view), nullable=False)]
     return _with_meta(pa.schema(fields), metadata)
+
+
+def evaluation_schema(tokens_per_image: int) -> pa.Schema:
+    """Per-image rows of an evaluation (see the module docstring)."""
+    fields = _common() + [
+        pa.field(TOKENS, pa.list_(pa.uint16(), tokens_per_image), nullable=False),
+        pa.field(PSNR, pa.float64(), nullable=False),
+        pa.field(SSIM, pa.float64(), nullable=False),
+        pa.field(LPIPS, pa.float64(), nullable=True),
+    ]
+    return pa.schema(fields)
 
 
 def sample_schema(tokens_per_image: int) -> pa.Schema:
@@ -167,7 +189,7 @@ class DatasetMetadata:
         view_specs: the views as (offset fraction, flip) pairs.
         crop_size: side of the crops the model saw (= short side of the stored base images).
         codes_per_view: codes per crop (teacher: grid * grid; tokenizer: its token count).
-        image_format: how base images are stored ("png" / "jpeg"); None when not stored.
+        image_format: how base images are stored ("zstd" / "png" / "jpeg"); None when not stored.
         teacher / proxy_codebook_size: proxy datasets: the MaskGIT-VQGAN and its codebook size.
         tokenizer / codebook_size: token datasets: the TiTok tokenizer and its codebook size.
         format_version: of this layout.
@@ -398,6 +420,56 @@ class ShardResult:
 
 
 @dataclass
+class EvaluatedShard:
+    """A shard's per-image measurements and its committed side files (evaluation model -> write stage).
+
+    Args:
+        shard / name / keys / labels / sources / members / errors / failed: as in `DecodedShard`.
+        tokens: (n, N) uint16 tokens of each image's centre crop.
+        psnr / ssim / lpips: (n,) float64 per image (lpips all NaN when not measured).
+        side_files: per-shard files committed with the shard, by path relative to the output
+            (`_stats/<name>.npz`: feature moments and token histogram; `_grids/<name>.parquet`).
+        stats: summed statistics for the job summary.
+    """
+
+    shard: str
+    name: str
+    keys: list[str]
+    labels: list[int]
+    sources: list[str]
+    members: list[str]
+    errors: list[SampleErrorRecord]
+    failed: bool
+    tokens: np.ndarray
+    psnr: np.ndarray
+    ssim: np.ndarray
+    lpips: np.ndarray
+    side_files: dict[str, bytes] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        row["errors"] = _errors_json(self.errors)
+        row["tokens"], row["tokens_shape"] = self.tokens.astype(np.uint16).tobytes(), list(self.tokens.shape)
+        for name in ("psnr", "ssim", "lpips"):
+            row[name] = np.asarray(row[name], np.float64).tobytes()
+        # two parallel lists: a dict's keys would become a struct type that differs between shards
+        row["side_files"] = sorted(self.side_files)
+        row["side_file_bytes"] = [self.side_files[k] for k in row["side_files"]]
+        row["stats"] = json.dumps(self.stats)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EvaluatedShard:
+        n = len(row["keys"])
+        return cls(
+            row["shard"], row["name"], list(row["keys"]), [int(x) for x in row["labels"]], list(row["sources"]),
+            list(row["members"]), _errors_from_json(row["errors"]), bool(row["failed"]),
+            _array(row["tokens"], row["tokens_shape"], np.uint16),
+            *(_array(row[k], [n], np.float64) for k in ("psnr", "ssim", "lpips")),
+            side_files=dict(zip(row["side_files"], row["side_file_bytes"])), stats=json.loads(row["stats"]))
+
+
 class SampledChunk:
     """A chunk of generated images (sampling job: model stage -> write stage).
 

@@ -896,5 +896,11 @@ def test_readme_local_head_commands_run_as_written_with_token_auth(tmp_path: Pat
     # the job ran: one row per picture, with the teacher the Hugging Face cache held under its Hub name
     assert len(pd.read_parquet(home / "titok" / "proxy")) == len(pictures)
     summary = json.loads((home / "titok" / "proxy" / "_summary.json").read_text())
-    assert f"models--{teacher.repo_id.replace('/', '--')}/snapshots/" in summary["model"]["teacher"]["source"]
+    # recorded under the name the user gave (so another machine fetches it again), with the weights of the
+    # tiny teacher the cache held
+    recorded = summary["model"]["teacher"]
+    assert recorded["source"] == HUB_MODELS["maskgit-vqgan"]
+    from pipelines.runtime import load_model_uri, model_identity
+    expected = model_identity(tiny_teacher, load_model_uri(tiny_teacher, option="--teacher", what="teacher").model)
+    assert recorded["weights_sha256"] == expected["weights_sha256"]
     print(f"README local-head commands: {elapsed:.1f} s")

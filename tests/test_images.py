@@ -137,3 +137,35 @@ def test_offset_views_are_official_random_crops_spread_over_the_long_side():
 def test_view_rejects_an_image_smaller_than_the_crop():
     with pytest.raises(ValueError, match="shorter than the crop 256"):
         apply_view(np.zeros((200, 300, 3), np.uint8), View(0.5, False))
+
+
+@pytest.mark.parametrize("image_format", ["zstd", "png", "jpeg"])
+def test_stored_base_images_read_back_as_what_the_model_saw(image_format, imagenet_sample_dir):
+    """Each stored format gives back the pixels the job encoded (zstd and PNG: the base image itself),
+    and the training reader's crop of the stored bytes is the crop of those pixels, for every view."""
+    from pipelines.preprocess import (
+        crop_view,
+        decode_stored_crop,
+        decode_stored_image,
+        encode_stored_image,
+        view_offset,
+    )
+    paths = sorted(imagenet_sample_dir.glob("*.JPEG"))[:24]
+    shapes = set()
+    for path in paths:
+        base = decode_and_preprocess(path.read_bytes())
+        shapes.add("portrait" if base.shape[0] > base.shape[1] else "landscape" if base.shape[1] > base.shape[0]
+                   else "square")
+        data, seen = encode_stored_image(base, image_format)
+        np.testing.assert_array_equal(decode_stored_image(data), seen)
+        if image_format != "jpeg":
+            np.testing.assert_array_equal(seen, base)
+        for view in view_specs("offsets-4"):
+            offset = view_offset(*base.shape[:2], view)
+            np.testing.assert_array_equal(decode_stored_crop(data, offset, view.flip),
+                                          crop_view(seen, offset, view.flip))
+    assert {"portrait", "landscape"} <= shapes
+    if image_format == "zstd":  # about PNG's size: lossless
+        png = np.mean([len(encode_stored_image(decode_and_preprocess(p.read_bytes()), "png")[0]) for p in paths[:4]])
+        zst = np.mean([len(encode_stored_image(decode_and_preprocess(p.read_bytes()), "zstd")[0]) for p in paths[:4]])
+        assert zst < 1.15 * png

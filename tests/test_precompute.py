@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -16,12 +15,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 from pipeline_fixtures import committed_shards, s3_with_shards
 
 from jobs.precompute_proxy import main
+from pipelines.encode.job import format_summary
 from pipelines.encode.model import inference_layout
-from pipelines.preprocess import View, apply_view
+from pipelines.preprocess import View, apply_view, decode_stored_image
 from titok_core import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +45,9 @@ def test_codes_are_the_teachers_codes_of_the_stored_pixels(ray_local, sample_sha
     # the job's inference layout (channels-last): a random teacher has near-ties that layout can flip
     teacher = inference_layout(load_model(tiny_teacher), torch.device("cpu"))
     for row in df.itertuples():
-        pixels = np.asarray(Image.open(io.BytesIO(row.image)))
+        pixels = decode_stored_image(row.image)
         assert min(pixels.shape[:2]) == 256 and (row.height, row.width) == pixels.shape[:2]
-        assert row.image_format == "png"
+        assert row.image_format == "zstd"  # the default: lossless, the fastest to read
         assert list(row.view_flips) == [False, True, False, True]
         long_side = max(pixels.shape[:2])
         crops = []
@@ -124,6 +123,15 @@ def test_bad_input_is_quarantined_and_good_samples_kept(ray_local, bad_corpus, t
     assert sum(summary["errors_by_reason"].values()) == len(expected_reasons)
     # a looser bound accepts the same data; committed shards are not redone
     assert job("--input", shards, "--output", out, "--teacher", tiny_teacher, "--max-error-rate", "0.9") == 0
+
+
+def test_long_reason_names_stay_apart_from_their_counts_in_the_summary():
+    summary = {"status": "ok", "shards_done": 1, "shards_skipped": 0, "shards_failed": 0, "images": 9,
+               "images_total": 9, "errors_total": 15, "error_rate": 0.6, "images_per_s": 1.0, "wall_s": 9.0,
+               "bytes_per_row": 1, "failed_shards": [], "output": "out",
+               "errors_by_reason": {"decompression_bomb": 3, "junk_member": 12}}
+    rows = [line.split() for line in format_summary(summary).splitlines() if line.startswith("  ")]
+    assert rows == [["decompression_bomb", "3"], ["junk_member", "12"]]
 
 
 def test_missing_teacher_and_bad_input_spec_are_one_line_errors(tmp_path, capsys, sample_shards):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -16,12 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 from pipeline_fixtures import committed_shards, s3_with_shards
 
 from jobs.precompute_proxy import main as precompute
 from jobs.tokenize_dataset import main
-from pipelines.preprocess import View, apply_view, decode_and_preprocess
+from pipelines.preprocess import View, apply_view, decode_and_preprocess, decode_stored_image
 from pipelines.shards import collect_images
 from titok_core import PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTok, TiTokReleased, load_model, save_pretrained
 
@@ -80,7 +78,7 @@ def test_proxy_dataset_input_uses_the_stored_pixels(ray_local, sample_shards, ti
     assert sorted(tokens.index) == sorted(stored.index) and len(tokens) == n
     model = load_model(tiny_tokenizer)
     for key, row in stored.iterrows():
-        pixels = np.asarray(Image.open(io.BytesIO(row.image)))
+        pixels = decode_stored_image(row.image)
         got = np.stack(tokens.loc[key, "tokens"]).astype(np.int64)
         np.testing.assert_array_equal(got, encode(model, [apply_view(pixels, View(0.5, False))]))
         assert tokens.loc[key, "source_shard"] == row.source_shard and tokens.loc[key, "label"] == row.label

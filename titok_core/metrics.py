@@ -1,9 +1,12 @@
-"""Image and token metrics (no gradients): the one PSNR of the project, and codebook statistics.
+"""Image and token metrics (no gradients): the one PSNR of the project, codebook statistics, and the
+streaming feature moments behind FID.
 
-Legend: B batch, C codebook size.
+Legend: B batch, C codebook size, D feature size.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -52,3 +55,47 @@ def codebook_stats(counts: Tensor) -> tuple[float, float]:
         return 0.0, 0.0
     p = counts[counts > 0] / total
     return float((counts > 0).double().mean()), float(torch.exp(-(p * p.log()).sum()))
+
+
+@dataclass
+class FeatureMoments:
+    """Streaming first and second moments of feature vectors in float64: all that FID needs of a set.
+
+    Moments of disjoint sets merge by addition (`+`), so per-shard moments computed anywhere, in
+    any order, give the moments of the whole set; this is how the official TiTok evaluator and
+    torchmetrics accumulate FID statistics (float64 sums of features and of their outer products).
+
+    Args:
+        n: number of feature vectors.
+        total: (D,) float64, their sum.
+        outer: (D, D) float64, the sum of their outer products x x^T.
+    """
+
+    n: int
+    total: Tensor
+    outer: Tensor
+
+    @classmethod
+    def zeros(cls, dim: int, device: torch.device | str = "cpu") -> FeatureMoments:
+        return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
+                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
+
+    @torch.no_grad()
+    def update(self, features: Tensor) -> None:
+        """Add a batch. features: (B, D), any float dtype (summed in float64)."""
+        f = features.detach().to(self.total.device, torch.float64).reshape(features.shape[0], -1)
+        self.n += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+
+    def __add__(self, other: FeatureMoments) -> FeatureMoments:
+        return FeatureMoments(self.n + other.n, self.total + other.total.to(self.total.device),
+                              self.outer + other.outer.to(self.outer.device))
+
+    def mean_and_covariance(self) -> tuple[Tensor, Tensor]:
+        """(mu (D,), sigma (D, D)): the mean and the unbiased (n - 1) covariance, float64."""
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.n}")
+        mu = self.total / self.n
+        sigma = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu, sigma

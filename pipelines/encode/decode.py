@@ -16,6 +16,7 @@ from .. import schema as S
 from ..preprocess import (
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_STORED_IMAGE_FORMAT,
     STORED_IMAGE_FORMATS,
     decode_and_preprocess,
     decode_stored_image,
@@ -32,7 +33,7 @@ class DecodeOptions:
 
     Args:
         resolution: shorter side after the resize (= crop size).
-        image_format: how the base image is stored: "png" (lossless) or "jpeg" (see
+        image_format: how the base image is stored: "zstd" or "png" (lossless) or "jpeg" (see
             `preprocess.encode_stored_image`: the model sees the decoded JPEG, so codes always match
             what a reader of the stored bytes gets); "none": not stored.
         max_pixels / max_aspect_ratio: header checks before decoding (see pipelines.preprocess).
@@ -40,7 +41,7 @@ class DecodeOptions:
     """
 
     resolution: int = 256
-    image_format: str = "png"
+    image_format: str = DEFAULT_STORED_IMAGE_FORMAT
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     num_classes: int | None = 1000

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from .. import commit
 from .. import schema as S
@@ -84,13 +84,14 @@ class EncodeJobConfig:
         assert self.decode.resolution == self.dataset.crop_size, "the crop size is the resize's shorter side"
 
 
-def plan(cfg: EncodeJobConfig) -> tuple[list[tuple[str, str]], dict[str, dict]]:
-    """(shards to do as (url, name), committed records of the shards skipped). Run under the output's lease."""
+def plan(cfg: EncodeJobConfig, check_dataset: bool = True) -> tuple[list[tuple[str, str]], dict[str, dict]]:
+    """(shards to do as (url, name), committed records of the shards skipped). Run under the output's
+    lease; `check_dataset`: refuse to continue an output that holds another dataset (`check_same_dataset`)."""
     urls = expand_inputs(cfg.input, cfg.storage_options, suffix=cfg.input_suffix)
     names = commit.unique_names(urls)
     commit.remove_stale_temporaries(cfg.output)
     done = {} if cfg.overwrite else commit.committed(cfg.output, cfg.storage_options)
-    if done:
+    if done and check_dataset:
         check_same_dataset(cfg, next(iter(done)))
     todo = [(u, n) for u, n in zip(urls, names) if n not in done]
     skipped = {n: done[n] for n in names if n in done}
@@ -162,13 +163,38 @@ class ShardTally:
         return self.images / max(time.perf_counter() - self.t0, 1e-9)
 
 
-def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
-    import ray
-    from ray.data import ActorPoolStrategy
+class Stage(NamedTuple):
+    """A stage of the shard pipeline: a function (CPU tasks) or a callable class (the model actor pool),
+    with its keyword arguments (`fn_constructor_kwargs` for a class)."""
 
+    fn: Callable
+    kwargs: dict[str, Any]
+
+
+def encode_stages(cfg: EncodeJobConfig) -> tuple[Stage, Stage]:
+    """This job's model stage (codes for every view) and write stage (one committed Parquet file)."""
     from .model import EncodeViews
     from .write import write_shard
 
+    model = Stage(EncodeViews, dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
+                                    crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
+                                    codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
+                                    threads=cfg.threads, verify_fraction=cfg.verify_fraction))
+    write = Stage(write_shard, dict(output=cfg.output, metadata=cfg.dataset, storage_options=cfg.storage_options))
+    return model, write
+
+
+def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tuple[Stage, Stage] | None = None):
+    """decode -> model -> write over the shards `todo`, one row per shard.
+
+    `stages` (model, write) replaces this job's own (`encode_stages`): another shard job (evaluation)
+    keeps the decoding, resources, planning, commits and summary, and brings its own model work. Its
+    write stage must commit the shard and return a `schema.ShardResult` row.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    model, write = stages or encode_stages(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # One row per shard: never let Ray Data coalesce several shards into one task.
@@ -177,24 +203,17 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]]):
     env = {"runtime_env": {"env_vars": forwarded_env()}}
     ds = ds.map(decode_shard, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
                 num_cpus=cfg.decode_cpus, **env)
-    ds = ds.map(
-        EncodeViews,
-        fn_constructor_kwargs=dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
-                                   crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
-                                   codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
-                                   threads=cfg.threads, verify_fraction=cfg.verify_fraction),
-        compute=ActorPoolStrategy(size=cfg.workers),
-        num_gpus=cfg.num_gpus,
-        num_cpus=cfg.num_cpus,
-        **env,
-    )
-    return ds.map(write_shard, fn_kwargs=dict(output=cfg.output, metadata=cfg.dataset,
-                                              storage_options=cfg.storage_options),
-                  num_cpus=cfg.decode_cpus, **env)
+    ds = ds.map(model.fn, fn_constructor_kwargs=model.kwargs, compute=ActorPoolStrategy(size=cfg.workers),
+                num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **env)
+    return ds.map(write.fn, fn_kwargs=write.kwargs, num_cpus=cfg.decode_cpus, **env)
 
 
-def run(cfg: EncodeJobConfig, ray_address: str | None = None) -> tuple[dict[str, Any], int]:
+def run(cfg: EncodeJobConfig, ray_address: str | None = None, *,
+        stages: tuple[Stage, Stage] | None = None) -> tuple[dict[str, Any], int]:
     """Run the job; returns (summary, exit code). Prints progress; writes `<output>/_summary.json`.
+
+    `stages`: another job's model and write stages (see `build_dataset`); that job checks that a rerun
+    continues its own output (this job's check reads the dataset metadata of its Parquet files).
 
     Raises:
         ValueError: the input spec names no shards (before Ray starts or anything is written).
@@ -203,13 +222,13 @@ def run(cfg: EncodeJobConfig, ray_address: str | None = None) -> tuple[dict[str,
     t0 = time.perf_counter()
     expand_inputs(cfg.input, cfg.storage_options, suffix=cfg.input_suffix)  # bad specs fail before the lease
     with commit.OutputLease(cfg.output, "encode", cfg.storage_options):
-        todo, skipped = plan(cfg)
+        todo, skipped = plan(cfg, check_dataset=stages is None)
         tally = ShardTally(len(todo))
         outage = None
         try:
             if todo:
                 init_ray(ray_address)
-                for row in build_dataset(cfg, todo).iter_rows():
+                for row in build_dataset(cfg, todo, stages).iter_rows():
                     tally.add(S.ShardResult.from_row(row))
         except Exception as e:
             outage = storage_failure(e)
@@ -294,7 +313,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lp = "n/a (LPIPS weights not available)" if v["lpips"] is None else v["lpips"]
         lines.append(f"verification      {v['images']} images decoded: PSNR {v['psnr_db']} dB, LPIPS {lp}")
     if "bf16_codes_agreeing_with_fp32" in summary:
-        lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of codes agree (checked batches)")
+        lines.append(f"bf16 vs fp32      {summary['bf16_codes_agreeing_with_fp32']:.4%} of "
+                     f"{summary['bf16_codes_compared']} codes agree (the first batches of each model worker, "
+                     "also run in fp32)")
     for f in summary["failed_shards"][:5]:
         lines.append(f"failed shard      {f}")
     lines.append(f"output            {summary['output']}  (summary: _summary.json, quarantine: _errors/)")

@@ -6,6 +6,7 @@ tokenizer (tokens, jobs/tokenize_dataset.py): both models have `encode(images in
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any
 
@@ -20,6 +21,19 @@ from ..preprocess import apply_view, to_model_input, view_offset, view_specs
 from ..runtime import load_lpips, load_model_uri, pick_device
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+FREE_MODEL_ENV = "TITOK_BENCH_FREE_MODEL"  # benchmarks/cpu_side.py: replace the model by a free one
+
+
+class FreeEncoder(torch.nn.Module):
+    """A model that costs nothing: zeros for every crop. benchmarks/cpu_side.py measures the job's CPU
+    side with it, as on a GPU node, where the model is far faster than decoding."""
+
+    def __init__(self, codes_per_view: int):
+        super().__init__()
+        self.codes_per_view = codes_per_view
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(images.shape[0], self.codes_per_view, dtype=torch.long)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -47,14 +61,16 @@ class EncodeViews:
         codes_per_view: codes the model emits per crop (checked on every batch).
         precision: auto | fp32 | bf16.
         threads: torch intra-op threads (None: torch's default).
-        bf16_check_batches: with bf16, also run this many batches per shard in fp32 and count agreement.
+        bf16_check_batches: with bf16, also run the first this many batches of this actor (over the
+            whole job, not per shard: the check then costs a fixed few batches, not a share of every
+            shard) in fp32 and count how many codes agree.
         verify_fraction: decode the tokens of this fraction of images (first view) back to pixels and
             measure PSNR (and LPIPS where its weights are available) against the crop (tokenizers with
             a pixel decoder only).
     """
 
     def __init__(self, model_uri: str, option: str, views: str, crop: int, batch_size: int, codes_per_view: int,
-                 precision: str = "auto", threads: int | None = None, bf16_check_batches: int = 1,
+                 precision: str = "auto", threads: int | None = None, bf16_check_batches: int = 2,
                  verify_fraction: float = 0.0):
         if threads:
             torch.set_num_threads(threads)
@@ -63,7 +79,9 @@ class EncodeViews:
                                       self.device)
         self.bf16 = use_bf16(precision, self.device)
         self.views = view_specs(views)
-        self.crop, self.batch_size, self.bf16_check_batches = crop, batch_size, bf16_check_batches
+        self.crop, self.batch_size, self.bf16_checks_left = crop, batch_size, bf16_check_batches
+        if os.environ.get(FREE_MODEL_ENV):  # benchmarks only: the GPU regime, where the model costs ~nothing
+            self.model = FreeEncoder(codes_per_view)
         self.codes_per_view = codes_per_view
         self.verify_fraction = verify_fraction
         self.lpips = load_lpips(device=self.device, required=False) if verify_fraction > 0 else None
@@ -82,10 +100,11 @@ class EncodeViews:
         crops = [apply_view(image, v, self.crop) for image in bases for v in self.views]
         agree = compared = 0
         chunks = []
-        for b, start in enumerate(range(0, len(crops), self.batch_size)):
+        for start in range(0, len(crops), self.batch_size):
             batch = np.stack(crops[start : start + self.batch_size])
             codes = self.encode(batch, self.bf16)
-            if self.bf16 and b < self.bf16_check_batches:
+            if self.bf16 and self.bf16_checks_left > 0:
+                self.bf16_checks_left -= 1
                 ref = self.encode(batch, False)
                 agree += int((codes == ref).sum())
                 compared += ref.size

@@ -7,9 +7,15 @@ import argparse
 from typing import Any
 
 from .. import schema as S
-from ..preprocess import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, STORED_IMAGE_FORMATS, view_specs
+from ..preprocess import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_STORED_IMAGE_FORMAT,
+    STORED_IMAGE_FORMATS,
+    view_specs,
+)
 from ..runtime import fraction, non_negative_float, positive_float, positive_int, view_set
-from ..storage import check_output, endpoint_options
+from ..storage import check_output, endpoint_options, get_fs
 from .decode import DecodeOptions
 from .job import EncodeJobConfig, format_summary, run
 from .model import INFERENCE_PRECISIONS
@@ -29,10 +35,36 @@ def add_io_args(p: argparse.ArgumentParser) -> None:
                    help="exit non-zero when more than this fraction of samples is quarantined")
 
 
-def add_image_args(p: argparse.ArgumentParser) -> None:
+INPUT_FORMATS = {"shards": ".tar", "proxy": ".parquet"}
+
+
+def add_input_format_arg(p: argparse.ArgumentParser) -> None:
+    """--input-format, for jobs that read WebDataset shards or a proxy dataset's stored pixels."""
+    p.add_argument("--input-format", choices=["auto", *INPUT_FORMATS], default="auto",
+                   help="shards: WebDataset .tar; proxy: a proxy-code dataset's .parquet files; auto: by the spec")
+
+
+def input_suffix(spec: str, fmt: str) -> str:
+    """The input files' suffix: `fmt`'s, or for "auto" .parquet when `spec` names or holds Parquet files."""
+    if fmt != "auto":
+        return INPUT_FORMATS[fmt]
+    return ".parquet" if ".parquet" in spec or _has_parquet(spec) else ".tar"
+
+
+def _has_parquet(spec: str) -> bool:
+    try:
+        fs, path = get_fs(spec)
+        return fs.isdir(path) and bool(fs.glob(path.rstrip("/") + "/*.parquet"))
+    except Exception:
+        return False
+
+
+def add_image_args(p: argparse.ArgumentParser, views: bool = True) -> None:
+    """Image options; `views=False` for a job with one fixed view (evaluation: the centre crop)."""
     g = p.add_argument_group("images")
-    g.add_argument("--views", type=view_set, default="center",
-                   help="views per image: center, center-flip, or offsets-K (K crops along the long side x flip)")
+    if views:
+        g.add_argument("--views", type=view_set, default="center",
+                       help="views per image: center, center-flip, or offsets-K (K crops along the long side x flip)")
     g.add_argument("--resolution", type=positive_int, default=256, help="shorter side after resizing = crop size")
     g.add_argument("--num-classes", type=positive_int, default=1000, help="labels must lie in [0, N)")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="largest image (w*h) decoded")
@@ -78,9 +110,10 @@ def dataset_metadata(args: argparse.Namespace, *, codes_per_view: int, image_for
                              codes_per_view=codes_per_view, image_format=image_format, **model)
 
 
-def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, dataset: S.DatasetMetadata,
-            input_suffix: str = ".tar", verify_fraction: float = 0.0) -> int:
-    cfg = EncodeJobConfig(
+def encode_config(args: argparse.Namespace, *, model_uri: str, model_option: str, dataset: S.DatasetMetadata,
+                  input_suffix: str = ".tar", verify_fraction: float = 0.0) -> EncodeJobConfig:
+    """The shard job's config from parsed options (`add_io_args`, `add_image_args`, `add_compute_args`)."""
+    return EncodeJobConfig(
         input=args.input, output=args.output, model=model_uri, model_option=model_option, dataset=dataset,
         decode=DecodeOptions(resolution=args.resolution, image_format=dataset.image_format or "none",
                              max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect_ratio,
@@ -91,10 +124,17 @@ def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, data
         storage_options=endpoint_options(args.endpoint_url),
         input_suffix=input_suffix, verify_fraction=verify_fraction,
     )
+
+
+def run_job(args: argparse.Namespace, *, model_uri: str, model_option: str, dataset: S.DatasetMetadata,
+            input_suffix: str = ".tar", verify_fraction: float = 0.0) -> int:
+    cfg = encode_config(args, model_uri=model_uri, model_option=model_option, dataset=dataset,
+                        input_suffix=input_suffix, verify_fraction=verify_fraction)
     summary, code = run(cfg, args.ray_address)
     print(format_summary(summary))
     return code
 
 
-__all__ = ["STORED_IMAGE_FORMATS", "add_compute_args", "add_image_args", "add_io_args", "check_args",
-           "dataset_metadata", "run_job"]
+__all__ = ["DEFAULT_STORED_IMAGE_FORMAT", "INPUT_FORMATS", "STORED_IMAGE_FORMATS", "add_compute_args",
+           "add_image_args", "add_input_format_arg", "add_io_args", "check_args", "dataset_metadata", "encode_config",
+           "input_suffix", "run_job"]

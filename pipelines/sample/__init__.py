@@ -9,6 +9,7 @@ tokenizer -> N images for each of a list of classes -> PNGs, the ADM `.npz` and 
     report    driver: the batch's description (is it the paper's 50k?), the streamed npz
     job       SampleJobConfig, the same-run check, the Ray Data pipeline, the summary
 
-May import: the flat modules of `pipelines`, `titok_core`, and from `pipelines.encode` its shard
-machinery (the progress tally). Not `pipelines.train`, not `jobs`.
+May import: the flat modules of `pipelines`, `titok_core`, from `pipelines.encode` its shard
+machinery (the progress tally), and from `pipelines.evaluate` its FID code (the feature network,
+reference statistics, the Frechet distance). Not `pipelines.train`, not `jobs`.
 """

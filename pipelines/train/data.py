@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import schema
-from ..preprocess import crop_view, decode_stored_image
+from ..preprocess import decode_stored_crop
 from ..schema import DatasetMetadata
 from ..storage import S3_PROTOCOLS, expand_inputs, get_fs, is_local, protocol_of
 
@@ -265,12 +265,12 @@ class ViewSampler:
 
     def view_crop(self, batch: dict[str, np.ndarray], i: int, view: int) -> np.ndarray:
         """Row i's stored view `view`, cropped from its stored base image: (crop, crop, 3) uint8."""
-        image = decode_stored_image(batch[schema.IMAGE][i])
-        if image.shape[:2] != (int(batch[schema.HEIGHT][i]), int(batch[schema.WIDTH][i])):
-            raise ValueError(f"sample {batch[schema.KEY][i]}: stored image is {image.shape[:2]}, its row says "
-                             f"{batch[schema.HEIGHT][i]}x{batch[schema.WIDTH][i]}")
-        return crop_view(image, int(batch[schema.VIEW_OFFSETS][i][view]), bool(batch[schema.VIEW_FLIPS][i][view]),
-                         self.crop)
+        try:
+            return decode_stored_crop(batch[schema.IMAGE][i], int(batch[schema.VIEW_OFFSETS][i][view]),
+                                      bool(batch[schema.VIEW_FLIPS][i][view]), self.crop)
+        except ValueError as e:  # a row whose offsets do not fit its image
+            raise ValueError(f"sample {batch[schema.KEY][i]} ({batch[schema.HEIGHT][i]}x{batch[schema.WIDTH][i]}): "
+                             f"{e}") from None
 
     def __call__(self, batch: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
         n = len(batch[schema.KEY])
@@ -297,7 +297,7 @@ class ViewSampler:
 
 def iterate_batches(shard, sampler: ViewSampler, *, micro_batch: int, start_epoch: int, start_batch: int,
                     shuffle_seed: int, shuffle_buffer: int, cache: bool = False, decode_threads: int = 2,
-                    prefetch: int = 2) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+                    prefetch: int | None = None) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """(epoch, batch index in the epoch, decoded batch) from `(start_epoch, start_batch)` on, forever.
 
     Batches before `start_batch` of the first epoch are read but not decoded (resume). Every
@@ -310,10 +310,15 @@ def iterate_batches(shard, sampler: ViewSampler, *, micro_batch: int, start_epoc
             locally each epoch: for small (materialized) datasets, where Ray Data's per-epoch split
             start-up (~0.15 s) would cost more than the epoch itself.
         shuffle_seed: seeds the per-epoch shuffles (include the worker rank for cached shards).
+        decode_threads: threads decoding stored images (the loop gives one per CPU of the worker).
+        prefetch: decoded batches kept ahead of the training step (default decode_threads + 1).
 
     Raises:
         RuntimeError: an epoch has no full batch (dataset smaller than the global micro-batch).
     """
+    # Each thread decodes whole micro-batches (stored-image decoding releases the GIL), so as many
+    # batches are in flight as there are threads, plus one ready for the training step.
+    prefetch = decode_threads + 1 if prefetch is None else prefetch
     pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
     rows = _read_all(shard) if cache else None
     epoch, skip = start_epoch, start_batch

@@ -184,7 +184,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = iterate_batches(ray.train.get_dataset_shard("train"), sampler, micro_batch=job.micro_batch,
                                   start_epoch=progress.epoch, start_batch=progress.batch,
                                   shuffle_seed=recipe.seed * 1000 + rank, shuffle_buffer=recipe.shuffle_buffer,
-                                  cache=job.dataset.bytes < MATERIALIZE_BELOW_BYTES)
+                                  cache=job.dataset.bytes < MATERIALIZE_BELOW_BYTES,
+                                  decode_threads=max(1, round(job.cpus_per_worker)))
         window = Window(device)
         last: dict[str, float] = {}
         while progress.step < recipe.max_steps:
