@@ -14,16 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from jobs.evaluate_tokenizer import main as evaluate
 from jobs.make_shards import main as make_shards
 from jobs.precompute_proxy import main as precompute
+from jobs.sample_generator import main as sample_generator
 from jobs.tokenize_dataset import main as tokenize
+from jobs.train_generator import main as train_generator
 from jobs.train_tokenizer import main as train
 from pipelines import runtime, schema, storage
 from pipelines.commit import commit_shard
 from pipelines.encode.write import shard_table
 from pipelines.preprocess import view_specs
 from pipelines.train.data import DatasetError, ViewSampler
-from titok_core import PRESETS, TiTok, save_pretrained
+from titok_core import PRESETS, TiTok, TiTokReleased, save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -42,6 +45,12 @@ def no_ray_no_downloads(monkeypatch):
 def tiny_stage1(tmp_path_factory) -> str:
     torch.manual_seed(0)
     return str(save_pretrained(TiTok(PRESETS["debug"]), tmp_path_factory.mktemp("tok") / "stage1"))
+
+
+@pytest.fixture(scope="module")
+def tiny_released(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    return str(save_pretrained(TiTokReleased(PRESETS["debug"]), tmp_path_factory.mktemp("tok") / "released"))
 
 
 def one_line_error(capsys, *needles: str) -> str:
@@ -63,23 +72,28 @@ def shards_dir(tmp_path: Path) -> str:
 
 
 # Each job's command with OUT where --output goes (every input is valid; the output is the mistake).
-def commands(tmp_path: Path, tiny_teacher: str, stage1: str) -> dict:
+def commands(tmp_path: Path, tiny_teacher: str, stage1: str, released: str = "") -> dict:
     shards = shards_dir(tmp_path)
     return {
         "make_shards": (make_shards, [str(SAMPLE), "--labels", str(SAMPLE / "labels.tsv"), "--output", "OUT"]),
         "precompute_proxy": (precompute, ["--input", shards, "--teacher", tiny_teacher, "--output", "OUT"]),
         "tokenize_dataset": (tokenize, ["--input", shards, "--tokenizer", stage1, "--output", "OUT"]),
         "train_tokenizer": (train, ["--stage", "1", "--preset", "debug", "--data", shards, "--output", "OUT"]),
+        "evaluate_tokenizer": (evaluate, ["--input", shards, "--tokenizer", released, "--random-features", "--no-lpips",
+                                          "--output", "OUT"]),
+        "train_generator": (train_generator, ["--preset", "debug", "--data", shards, "--output", "OUT"]),
+        "sample_generator": (sample_generator, ["--generator", str(tmp_path / "generator"), "--output", "OUT"]),
     }
 
 
-JOBS = ["make_shards", "precompute_proxy", "tokenize_dataset", "train_tokenizer"]
+JOBS = ["make_shards", "precompute_proxy", "tokenize_dataset", "train_tokenizer", "evaluate_tokenizer",
+        "train_generator", "sample_generator"]
 
 
 @pytest.mark.parametrize("job", JOBS)
 def test_an_output_no_job_could_write_is_one_line_before_anything_runs(job, tmp_path, tiny_teacher, tiny_stage1,
-                                                                       capsys):
-    main, argv = commands(tmp_path, tiny_teacher, tiny_stage1)[job]
+                                                                       tiny_released, capsys):
+    main, argv = commands(tmp_path, tiny_teacher, tiny_stage1, tiny_released)[job]
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
     capsys.readouterr()
@@ -90,9 +104,9 @@ def test_an_output_no_job_could_write_is_one_line_before_anything_runs(job, tmp_
     assert a_file.read_text() == "not a directory"
 
 
-def test_a_read_only_output_is_one_line_in_every_job(tmp_path, tiny_teacher, tiny_stage1):
+def test_a_read_only_output_is_one_line_in_every_job(tmp_path, tiny_teacher, tiny_stage1, tiny_released):
     """A read-only filesystem (a tmpfs mounted ro in a private mount namespace): each job as a user runs it."""
-    cmds = commands(tmp_path, tiny_teacher, tiny_stage1)
+    cmds = commands(tmp_path, tiny_teacher, tiny_stage1, tiny_released)
     ro = tmp_path / "ro"
     ro.mkdir()
     script = f"mount -t tmpfs -o ro tmpfs {ro} || exit 97"
@@ -121,6 +135,9 @@ def test_a_read_only_output_is_one_line_in_every_job(tmp_path, tiny_teacher, tin
     ("train_tokenizer", ["--num-workers", "0"], "--num-workers: 0 is not a positive integer"),
     ("train_tokenizer", ["--cpus-per-worker", "0"], "--cpus-per-worker: 0 is not a positive number"),
     ("train_tokenizer", ["--steps", "0"], "--steps: 0 is not a positive integer"),
+    ("train_generator", ["--steps", "0"], "--steps: 0 is not a positive integer"),
+    ("sample_generator", ["--per-class", "0"], "--per-class: 0 is not a positive integer"),
+    ("sample_generator", ["--cpus-per-worker", "-1"], "--cpus-per-worker: -1 is not a positive number"),
     ("make_shards", ["--samples-per-shard", "nan"], "--samples-per-shard: 'nan' is not a positive integer"),
 ])
 def test_numbers_out_of_range_are_one_line(job, args, needle, tmp_path, tiny_teacher, tiny_stage1, capsys):
