@@ -470,6 +470,7 @@ class EvaluatedShard:
             side_files=dict(zip(row["side_files"], row["side_file_bytes"])), stats=json.loads(row["stats"]))
 
 
+@dataclass
 class SampledChunk:
     """A chunk of generated images (sampling job: model stage -> write stage).
 
