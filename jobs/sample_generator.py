@@ -8,11 +8,16 @@ workers, and a killed run resumes where it stopped. Images are the tokenizer's d
 as the official evaluation does, (x * 255).to(uint8) (truncation). Once every chunk is committed the
 job writes samples_<N>x<H>x<W>x3.npz (arr_0 uint8 NHWC, arr_1 labels) for the ADM evaluator, and
 says whether the batch is the paper's 50k: fewer images or unbalanced classes give a different FID.
+With --reference-stats (the ADM reference batch's mu / sigma for the paper's gFID, or statistics the
+evaluation job saved) the model workers also measure every image with the FID Inception network, and
+the job writes gFID and the Inception Score (ADM's 10 splits of 5,000) to metrics.json.
 
 examples:
   ray job submit --working-dir . -- python jobs/sample_generator.py \\
       --generator s3://bucket/runs/generator-l32/model --output s3://bucket/samples/l32 \\
-      --workers 8 --num-gpus 1 --cpus-per-worker 4 --batch-size 125
+      --workers 8 --num-gpus 1 --cpus-per-worker 4 --batch-size 125 \\
+      --reference-stats s3://bucket/adm/VIRTUAL_imagenet256_labeled.npz \\
+      --inception-weights s3://bucket/models/pt_inception-2015-12-05-6726825d.pth
   # the official release (its tokenizer must be named):
   python jobs/sample_generator.py --generator hf://yucornetto/generator_titok_l32_imagenet \\
       --tokenizer hf://yucornetto/tokenizer_titok_l32_imagenet --classes 0-9 --per-class 4 --output samples/

@@ -479,7 +479,8 @@ class SampledChunk:
         labels / indices: per image, its class and its index among that class's samples.
         tokens: (n, N) uint16 generated token ids.
         images: (n, H, W, 3) uint8, the tokenizer's decoding as the official evaluation converts it.
-        stats: summed timings for the job summary (generate_s, decode_s).
+        stats: summed timings for the job summary (generate_s, decode_s, measure_s).
+        stats_file: the chunk's features / logits file for gFID and IS (empty: not measured).
     """
 
     index: int
@@ -489,15 +490,17 @@ class SampledChunk:
     tokens: np.ndarray
     images: np.ndarray
     stats: dict[str, float] = field(default_factory=dict)
+    stats_file: bytes = b""
 
     def to_row(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "labels": self.labels, "indices": self.indices,
                 "tokens": self.tokens.astype(np.uint16).tobytes(), "tokens_shape": list(self.tokens.shape),
                 "images": self.images.astype(np.uint8).tobytes(), "images_shape": list(self.images.shape),
-                "stats": json.dumps(self.stats)}
+                "stats": json.dumps(self.stats), "stats_file": self.stats_file}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SampledChunk:
         return cls(int(row["index"]), row["name"], [int(v) for v in row["labels"]], [int(v) for v in row["indices"]],
                    _array(row["tokens"], row["tokens_shape"], np.uint16),
-                   _array(row["images"], row["images_shape"], np.uint8), json.loads(row["stats"]))
+                   _array(row["images"], row["images_shape"], np.uint8), json.loads(row["stats"]),
+                   bytes(row["stats_file"]))

@@ -7,6 +7,7 @@ tokenizer -> N images for each of a list of classes -> PNGs, the ADM `.npz` and 
     model     actor stage: a chunk -> tokens (titok_core.generate) -> images (decode_tokens, uint8)
     write     CPU stage: a chunk's PNGs and its committed Parquet file
     report    driver: the batch's description (is it the paper's 50k?), the streamed npz
+    metrics   gFID and Inception Score against --reference-stats, with pipelines.evaluate's FID code
     job       SampleJobConfig, the same-run check, the Ray Data pipeline, the summary
 
 May import: the flat modules of `pipelines`, `titok_core`, from `pipelines.encode` its shard

@@ -9,7 +9,8 @@ the shard jobs):
                         tokens -> images for every (class, index) of the chunk, seeded per chunk
       -> write_chunk    CPU tasks: PNGs, then the chunk's Parquet + success record (pipelines.commit)
       -> driver         progress, images/s; once every chunk is committed: the batch's description
-                        (report.describe_batch) and the npz, rewritten only when the chunks changed
+                        (report.describe_batch) and the npz, rewritten only when the chunks changed;
+                        with --reference-stats gFID and IS (pipelines.sample.metrics) -> metrics.json
 
 Output layout (`--output`, local or URL):
     sample_config.json               what decides the images (models, sampling, classes, seed, chunks);
@@ -18,6 +19,8 @@ Output layout (`--output`, local or URL):
     tokens/chunk-XXXXXX.parquet      per chunk: key, label, sample_index, file, tokens (pipelines.schema);
                                      `pd.read_parquet("<output>/tokens")` is the whole batch's table
     tokens/_success/, _errors/       the commit records (pipelines.commit; _errors stay empty)
+    tokens/_stats/chunk-XXXXXX.npz   with --reference-stats: each image's features and logits
+    metrics.json                     with --reference-stats: gFID, IS, what they are measured against
     samples_<N>x<H>x<W>x3.npz        arr_0 uint8 NHWC + arr_1 labels, for the ADM evaluator
     _summary.json                    the last run's summary (throughput, the batch, the npz's SHA-256)
 """
@@ -27,13 +30,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import commit
 from .. import schema as S
+from ..evaluate.features import FeatureSpec
+from ..evaluate.report import Reference
 from ..runtime import forwarded_env, init_ray
 from ..storage import exists, get_fs, is_local, join_url, read_json, s3_endpoint, storage_failure, write_json_atomic
 from . import report
@@ -42,6 +47,7 @@ from .plan import Chunk, make_chunks
 log = logging.getLogger("titok.sample")
 
 CONFIG_FILE = "sample_config.json"
+METRICS_FILE = "metrics.json"
 IMAGES_DIR = "images"
 TABLE_DIR = "tokens"  # the committed chunk files: a Parquet dataset of its own, apart from the PNGs
 
@@ -64,6 +70,10 @@ class SampleJobConfig:
             results do not depend on the number of workers.
         overwrite: delete what an earlier run wrote and start over.
         storage_options: fsspec options (custom S3 endpoint).
+        features / reference: the gFID / IS feature network and the checked reference statistics
+            (None: no metrics). They do not change the images: a finished output can be scored later.
+        paper_size / paper_sampling: the paper's generator size this one equals (None: another) and
+            whether the sampling settings are that size's preset (metrics.json says so).
     """
 
     generator: str
@@ -86,6 +96,10 @@ class SampleJobConfig:
     threads: int | None = None
     overwrite: bool = False
     storage_options: dict | None = None
+    features: FeatureSpec | None = None
+    reference: Reference | None = field(default=None, compare=False)
+    paper_size: str | None = None
+    paper_sampling: bool = False
 
     def __post_init__(self) -> None:
         if not self.classes or self.per_class < 1 or self.classes_per_chunk < 1 or self.batch_size < 1:
@@ -137,7 +151,7 @@ def _clear(cfg: SampleJobConfig) -> None:
     fs, root = get_fs(cfg.output, storage_options=cfg.storage_options)
     if not fs.exists(root):
         return
-    names = [TABLE_DIR, IMAGES_DIR, CONFIG_FILE, commit.SUMMARY]
+    names = [TABLE_DIR, IMAGES_DIR, CONFIG_FILE, commit.SUMMARY, METRICS_FILE]
     targets = [f"{root.rstrip('/')}/{n}" for n in names] + fs.glob(f"{root.rstrip('/')}/samples_*x3.npz")
     for t in targets:
         if fs.exists(t):
@@ -169,7 +183,7 @@ def build_dataset(cfg: SampleJobConfig, todo: list[Chunk]):
     ds = ds.map(SampleChunks,
                 fn_constructor_kwargs=dict(generator=cfg.generator, tokenizer=cfg.tokenizer, sampling=cfg.sampling,
                                            seed=cfg.seed, batch_size=cfg.batch_size, precision=cfg.precision,
-                                           threads=cfg.threads or max(1, int(cfg.num_cpus))),
+                                           threads=cfg.threads or max(1, int(cfg.num_cpus)), features=cfg.features),
                 compute=ActorPoolStrategy(size=cfg.workers), num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **env)
     return ds.map(write_chunk, fn_kwargs=dict(output=cfg.output, table=cfg.table, seed=cfg.seed,
                                               storage_options=cfg.storage_options),
@@ -215,6 +229,8 @@ def run(cfg: SampleJobConfig, ray_address: str | None = None) -> tuple[dict[str,
                                  "rerun the same command to resume")
             return summary, 1
         summary.update(finish(cfg, chunks))
+        if summary["status"] == "ok" and cfg.reference is not None:
+            summary["metrics"] = score(cfg, chunks, summary["batch"])
         commit.write_summary(cfg.output, summary, cfg.storage_options)
         return summary, 0
 
@@ -248,6 +264,18 @@ def finish(cfg: SampleJobConfig, chunks: list[Chunk]) -> dict[str, Any]:
     return {"status": "ok", "batch": batch, "npz": npz}
 
 
+def score(cfg: SampleJobConfig, chunks: list[Chunk], batch: dict[str, Any]) -> dict[str, Any]:
+    """gFID and IS of the committed batch against `cfg.reference` -> metrics.json; returns the metrics."""
+    from . import metrics
+    moments, scores, measured = metrics.collect(cfg.output, cfg.table, chunks, cfg.features, cfg.storage_options)
+    result = metrics.compute_metrics(moments, scores, cfg.features, cfg.reference, batch, cfg.paper_size,
+                                     cfg.paper_sampling)
+    result.update(generator=cfg.generator_identity["source"], sampling=cfg.sampling, seed=cfg.seed,
+                  chunks_measured_on_driver=measured)
+    write_json_atomic(join_url(cfg.output, METRICS_FILE), result, cfg.storage_options)
+    return result["metrics"]
+
+
 def _previous_npz(cfg: SampleJobConfig) -> dict[str, Any] | None:
     url = join_url(cfg.output, commit.SUMMARY)
     try:
@@ -258,7 +286,7 @@ def _previous_npz(cfg: SampleJobConfig) -> dict[str, Any] | None:
 
 def _summary(cfg: SampleJobConfig, tally, skipped: int, wall: float) -> dict[str, Any]:
     st = tally.stats
-    model_s = st["generate_s"] + st["decode_s"]
+    model_s = st["generate_s"] + st["decode_s"]  # sampling + de-tokenization: the images/s that matter
     rate = lambda s: round(tally.images / s, 3) if s else None  # noqa: E731
     return {
         "output": cfg.output, "generator": cfg.generator_identity["source"],
@@ -268,7 +296,8 @@ def _summary(cfg: SampleJobConfig, tally, skipped: int, wall: float) -> dict[str
         "wall_s": round(wall, 2), "images_per_s": rate(wall),
         # per model actor: sampling and de-tokenization only (no start-up, no PNG writing)
         "per_worker_images_per_s": rate(model_s), "generate_images_per_s": rate(st["generate_s"]),
-        "decode_images_per_s": rate(st["decode_s"]), "precision": cfg.precision, "workers": cfg.workers,
+        "decode_images_per_s": rate(st["decode_s"]), "measure_images_per_s": rate(st["measure_s"]),
+        "precision": cfg.precision, "workers": cfg.workers,
     }
 
 
@@ -290,6 +319,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("npz"):
         lines.append(f"npz               {summary['npz']['file']} (arr_0 uint8 NHWC, arr_1 labels) "
                      f"sha256 {summary['npz']['sha256'][:16]}...")
+    if summary.get("metrics"):
+        lines += [f"{k:18s}{v:.4f}" for k, v in summary["metrics"].items()]
+        lines.append(f"metrics           {METRICS_FILE}: what they are measured against, whether comparable with the paper")
     lines.append(f"output            {summary['output']}  (images/, tokens/, _summary.json)")
     if summary["status"].startswith("failed: storage"):
         lines.append(f"error: {summary['status'].removeprefix('failed: ')}")

@@ -5,6 +5,8 @@
             the chunk's own torch.Generator (seeded by plan.chunk_seed)
     images  the tokenizer's decode_tokens(clamp=True), then (x * 255).to(uint8): truncation, not
             rounding, as the official evaluation script converts them (sample_imagenet_titok.py)
+    stats   with --reference-stats: the feature network's features and logits of those uint8
+            images (pipelines.sample.metrics), committed with the chunk
 
 Precision: `auto` is the official setting (fp32, TF32 matmuls allowed on GPU), `fp32` turns TF32 off,
 `bf16` samples and decodes under bf16 autocast (faster, not the paper's numbers).
@@ -21,7 +23,9 @@ import torch
 from titok_core import BertGenerator, SamplingConfig, TiTokReleased, UViTGenerator, generate
 
 from .. import schema as S
+from ..evaluate.features import FeatureSpec, build_feature_net
 from ..runtime import load_model_uri, pick_device
+from .metrics import measure, stats_bytes
 from .plan import Chunk, chunk_seed
 
 SAMPLING_PRECISIONS = ("auto", "fp32", "bf16")
@@ -43,10 +47,12 @@ class SampleChunks:
         batch_size: images per `generate` call.
         precision: auto | fp32 | bf16.
         threads: torch intra-op threads (None: torch's default).
+        features: the gFID / IS feature network (None: measure nothing); it sees the uint8 images
+            the PNGs hold.
     """
 
     def __init__(self, generator: str, tokenizer: str, sampling: dict[str, Any], seed: int, batch_size: int,
-                 precision: str = "auto", threads: int | None = None):
+                 precision: str = "auto", threads: int | None = None, features: FeatureSpec | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device()
@@ -59,13 +65,15 @@ class SampleChunks:
                                         kinds=(TiTokReleased,)).model.to(self.device).eval()
         self.sampling = SamplingConfig(**sampling)
         self.seed, self.batch_size, self.bf16 = seed, batch_size, precision == "bf16"
+        self.features = features
+        self.feature_net = build_feature_net(features, self.device) if features is not None else None
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         chunk = Chunk(int(row["index"]), tuple(int(c) for c in row["classes"]), int(row["per_class"]))
         rng = torch.Generator(self.device).manual_seed(chunk_seed(self.seed, chunk.index))
         labels = torch.from_numpy(chunk.labels).to(self.device)
-        tokens, images = [], []
-        generate_s = decode_s = 0.0
+        tokens, images, feats, logits = [], [], [], []
+        generate_s = decode_s = measure_s = 0.0
         for start in range(0, len(chunk), self.batch_size):
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 t0 = time.perf_counter()
@@ -78,9 +86,16 @@ class SampleChunks:
             tokens.append(ids.cpu().numpy().astype(np.uint16))
             generate_s += t1 - t0
             decode_s += t2 - t1
+            if self.feature_net is not None:  # outside autocast: the features are float64
+                f, g = measure(self.feature_net, images[-1], self.device, self.batch_size)
+                feats.append(f)
+                logits.append(g)
+                measure_s += time.perf_counter() - t2
+        stats_file = stats_bytes(np.concatenate(feats), np.concatenate(logits), self.features) if feats else b""
         return S.SampledChunk(chunk.index, chunk.name, chunk.labels.tolist(), chunk.indices.tolist(),
                               np.concatenate(tokens), np.concatenate(images),
-                              {"generate_s": generate_s, "decode_s": decode_s}).to_row()
+                              {"generate_s": generate_s, "decode_s": decode_s, "measure_s": measure_s},
+                              stats_file).to_row()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -10,8 +10,10 @@ import json
 import os
 from typing import Any
 
-from titok_core import SAMPLING_PRESETS, BertGenerator, TiTokReleased, UViTGenerator
+from titok_core import GENERATOR_PRESETS, SAMPLING_PRESETS, BertGenerator, TiTokReleased, UViTGenerator
 
+from ..evaluate.features import INCEPTION_FILES, FeatureSpec
+from ..evaluate.report import Reference, load_generation_reference
 from ..runtime import load_model_uri, model_identity, non_negative_float, positive_float, positive_int
 from ..storage import check_output, endpoint_options, is_local, local_path
 from .job import SampleJobConfig
@@ -60,6 +62,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=100, help="images per generate call")
     g.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="auto",
                    help="auto: the official fp32 (TF32 matmuls on GPU); fp32: no TF32; bf16: autocast")
+    g = p.add_argument_group("gFID and Inception Score (computed once every chunk is committed)")
+    g.add_argument("--reference-stats", default=None, metavar="NPZ",
+                   help="reference statistics: an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz, its "
+                        "mu / sigma: the paper's gFID) or an npz the evaluation job saved with "
+                        "--save-reference-stats; path, URL or s3://. Writes metrics.json")
+    g.add_argument("--inception-weights", default=None,
+                   help=f"FID Inception-v3 weights ({INCEPTION_FILES[1]}); path, URL or s3://. Default: the "
+                        "library's cache under TORCH_HOME (hub/checkpoints), else a download")
+    g.add_argument("--random-features", action="store_true",
+                   help="smoke tests only: a small random feature network instead of Inception (reported as "
+                        "fid_random_features / is_random_features, never as gFID / IS)")
+    g = p.add_argument_group("cluster")
     g.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, the job's cluster, or a new local one)")
 
@@ -74,6 +88,29 @@ def sampling_config(args: argparse.Namespace, num_latent_tokens: int) -> dict[st
                "randomize_temperature": args.randomize_temperature,
                "softmax_temperature_annealing": None if args.softmax_annealing is None else args.softmax_annealing == "on"}
     return dataclasses.replace(SAMPLING_PRESETS[preset], **{k: v for k, v in changes.items() if v is not None}).to_dict()
+
+
+def paper_size(generator) -> str | None:
+    """The paper's generator size whose architecture this generator has (label dropout aside)."""
+    for name in PRESET_BY_TOKENS.values():
+        ref = GENERATOR_PRESETS[name]
+        if type(ref) is type(generator.config) and \
+                dataclasses.replace(ref, label_dropout=generator.config.label_dropout) == generator.config:
+            return name
+    return None
+
+
+def feature_args(args: argparse.Namespace, storage_options: dict | None) -> tuple[FeatureSpec | None, Reference | None]:
+    """--reference-stats with its feature network, checked against each other (one-line errors)."""
+    if args.reference_stats is None:
+        if args.random_features or args.inception_weights:
+            raise ValueError("--random-features / --inception-weights choose the network of gFID and IS: they need "
+                             "--reference-stats")
+        return None, None
+    if args.random_features and args.inception_weights:
+        raise ValueError("--random-features replaces the Inception network: drop --inception-weights")
+    features = FeatureSpec.random() if args.random_features else FeatureSpec.inception(args.inception_weights)
+    return features, load_generation_reference(args.reference_stats, features, storage_options)
 
 
 def training_record(path: str) -> dict[str, Any]:
@@ -92,10 +129,11 @@ def resolve(args: argparse.Namespace) -> SampleJobConfig:
     storage_options = endpoint_options(args.endpoint_url)
     check_output(args.output, storage_options=storage_options)
     # Ray workers do not share the driver's working directory: local paths must be absolute.
-    for name in ("generator", "tokenizer", "output"):
+    for name in ("generator", "tokenizer", "output", "inception_weights"):
         value = getattr(args, name)
         if value is not None and is_local(value):
             setattr(args, name, local_path(value))
+    features, reference = feature_args(args, storage_options)
     gen_path, generator = load_model_uri(args.generator, option="--generator", what="generator weights",
                                          kinds=(BertGenerator, UViTGenerator))
     record = training_record(gen_path)
@@ -116,12 +154,14 @@ def resolve(args: argparse.Namespace) -> SampleJobConfig:
     if want and tokenizer_identity["weights_sha256"] != want:
         raise ValueError(f"--tokenizer {tokenizer_uri} is not the tokenizer the generator was trained on (weights sha256 "
                          f"differs from {want[:12]}..., recorded from {record.get('tokenizer_source')})")
+    size = paper_size(generator)
+    sampling = sampling_config(args, g.num_latent_tokens)
     return SampleJobConfig(
-        generator=args.generator, tokenizer=tokenizer_uri, output=args.output,
-        sampling=sampling_config(args, g.num_latent_tokens), classes=parse_classes(args.classes, g.num_classes),
+        generator=args.generator, tokenizer=tokenizer_uri, output=args.output, sampling=sampling, classes=parse_classes(args.classes, g.num_classes),
         per_class=args.per_class, num_classes=g.num_classes,
         generator_identity=model_identity(args.generator, generator), tokenizer_identity=tokenizer_identity,
         seed=args.seed, classes_per_chunk=args.classes_per_chunk, batch_size=args.batch_size,
         precision=args.precision, workers=args.workers, num_gpus=args.num_gpus, num_cpus=args.cpus_per_worker,
         write_cpus=args.write_cpus, threads=args.threads or max(1, int(args.cpus_per_worker)),
-        overwrite=args.overwrite, storage_options=storage_options)
+        overwrite=args.overwrite, storage_options=storage_options, features=features, reference=reference,
+        paper_size=size, paper_sampling=size is not None and sampling == SAMPLING_PRESETS[size].to_dict())

@@ -100,3 +100,11 @@ def image_file(label: int, index: int) -> str:
 
 def image_key(label: int, index: int) -> str:
     return f"{label:04d}_{index:04d}"
+
+
+STATS_DIR = "_stats"  # under the chunk table: pyarrow's dataset reader skips `_` folders
+
+
+def stats_path(name: str) -> str:
+    """A chunk's statistics file (gFID / IS), relative to the chunk table: _stats/<chunk>.npz."""
+    return f"{STATS_DIR}/{name}.npz"

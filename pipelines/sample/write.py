@@ -2,7 +2,8 @@
 returns a `ShardResult` row (rows = images).
 
 Order of writes (pipelines.commit): every PNG (atomically, under `<output>/images/`), then
-`<output>/tokens/<chunk>.parquet` and its empty quarantine file, then the success record. A chunk
+`<output>/tokens/<chunk>.parquet`, its empty quarantine file and (with --reference-stats) its
+statistics file `<output>/tokens/_stats/<chunk>.npz`, then the success record. A chunk
 whose success record is missing is redone whole by a rerun, and its files are overwritten with the
 same bytes (same seed, same names).
 """
@@ -20,7 +21,7 @@ from PIL import Image
 from .. import schema as S
 from ..commit import commit_shard
 from ..storage import atomic_write_bytes, join_url
-from .plan import image_file, image_key
+from .plan import image_file, image_key, stats_path
 
 UPLOAD_THREADS = 8  # PNGs of a chunk written concurrently (object stores: one PUT each)
 
@@ -55,6 +56,8 @@ def write_chunk(row: dict[str, Any], output: str, table: str, seed: int,
     with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
         list(pool.map(write, range(len(chunk.labels))))
     classes = sorted(set(chunk.labels), key=chunk.labels.index)
+    side = {stats_path(chunk.name): chunk.stats_file} if chunk.stats_file else None
     record = commit_shard(table, chunk.name, f"classes {classes[0]}..{classes[-1]}", chunk_table(chunk), [],
-                          {"classes": classes, "images": len(chunk.labels), "seed": seed}, storage_options)
+                          {"classes": classes, "images": len(chunk.labels), "seed": seed}, storage_options,
+                          side_files=side)
     return S.ShardResult(chunk.name, chunk.name, len(chunk.labels), [], False, record["bytes"], chunk.stats).to_row()
