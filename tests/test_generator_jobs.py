@@ -1,7 +1,12 @@
 """jobs/train_generator.py and jobs/sample_generator.py end to end: real JPEGs -> tokens (tiny random
-TiTok) -> a debug generator on 2 Ray Train workers (a worker killed mid-run; the driver killed with
-kill -9 and rerun) -> samples (deterministic, any worker count, the ADM npz) -> FID; one-line errors;
-`ray job submit` of both jobs to a real local head."""
+TiTok) -> a debug generator on 2 Ray Train workers of a real local head (a worker killed mid-run, then
+the driver killed with kill -9 and the same command sent with `ray job submit`) -> samples (sent with
+`ray job submit` on 2 workers, and in-process on 1: the same bytes; the ADM npz) -> FID and IS
+against reference statistics of real JPEGs (a small random feature network, as in the evaluation
+tests); one-line errors.
+
+One trained generator and two sample runs serve the whole module: the CI budget of these tests is
+about 3 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from PIL import Image
 from jobs.sample_generator import main as sample
 from jobs.tokenize_dataset import main as tokenize
 from jobs.train_generator import main as train
+from pipelines.evaluate.features import FeatureSpec, RandomFeatures
 from pipelines.train.config import FAIL_AT_STEP_ENV
 from pipelines.train.recipes import GENERATOR_RECIPES
 from titok_core import (
@@ -40,8 +46,10 @@ from titok_core import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 STEPS = GENERATOR_RECIPES["debug"].max_steps  # 60; checkpoints every 20
 KILL_AT = 30  # between the checkpoints at 20 and 40: the restart redoes 21..30
+ATTEMPT_TIMEOUT_S = 240
 
 
 def train_job(*args) -> int:
@@ -111,18 +119,35 @@ def tokens(ray_local, sample_shards, tokenizer, tmp_path_factory) -> Path:
     return out
 
 
+def submit(head, *job: str, timeout: int = ATTEMPT_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """`ray job submit` of `python <job...>` to the head, from this checkout, as the README's commands send it."""
+    cmd = ["ray", "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO), "--", "python", *job]
+    return subprocess.run(cmd, env={**os.environ, **head.env}, capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
 @pytest.fixture(scope="module")
-def generator_run(tokens, tokenizer, tmp_path_factory) -> Path:
-    """The debug recipe on 2 workers; the last worker SIGKILLs itself at step KILL_AT of the first attempt."""
+def generator_run(ray_head, tokens, tokenizer, tmp_path_factory) -> Path:
+    """The debug recipe on 2 workers of a real head, a driver process as a user starts it: the last worker
+    SIGKILLs itself at step KILL_AT of the first attempt (Ray Train restarts the group from step 20);
+    once the restarted group has begun, the driver is killed with SIGKILL; then the same command is
+    sent with `ray job submit` and finishes the run."""
     out = tmp_path_factory.mktemp("gen") / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv(FAIL_AT_STEP_ENV, str(KILL_AT))
-    try:
-        # --batch-size 12: the whole 12-sequence dataset each step (6 per worker)
-        assert train_job("--preset", "debug", "--data", tokens, "--output", out, "--tokenizer", tokenizer,
-                         "--num-workers", 2, "--batch-size", 12) == 0
-    finally:
-        mp.undo()
+    # --batch-size 12: the whole 12-sequence dataset each step (6 per worker)
+    job = ["jobs/train_generator.py", "--preset", "debug", "--data", str(tokens), "--output", str(out),
+           "--tokenizer", tokenizer, "--num-workers", "2", "--batch-size", "12"]
+    env = {**os.environ, **ray_head.env, FAIL_AT_STEP_ENV: str(KILL_AT)}
+    proc = subprocess.Popen([sys.executable, *job], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    attempts, deadline = out / "attempts.jsonl", time.time() + ATTEMPT_TIMEOUT_S
+    while proc.poll() is None and time.time() < deadline and \
+            (not attempts.exists() or len(attempts.read_text().splitlines()) < 2):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(rows(attempts)) == 2 and not (out / "model").exists(), "killed while the restarted group trained"
+    done = submit(ray_head, *job)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
 
@@ -138,47 +163,26 @@ def test_training_lowers_the_loss_and_logs_what_a_user_watches(generator_run):
     assert grids == ["step_00000020.png", "step_00000040.png", "step_00000060.png"]
 
 
-def test_a_killed_worker_restarts_from_the_last_checkpoint(generator_run):
-    assert [a["resumed_from_step"] for a in rows(generator_run / "attempts.jsonl")] == [None, 20]
-    assert [r["step"] for r in rows(generator_run / "metrics.jsonl")] == list(range(5, STEPS + 1, 5))
+def test_a_killed_worker_restarts_and_a_kill_minus_9_rerun_continues_the_step_count(generator_run):
+    first, restarted, rerun = rows(generator_run / "attempts.jsonl")
+    assert first["resumed_from_step"] is None and restarted["resumed_from_step"] == 20  # the worker kill at 30
+    assert rerun["resumed_from_step"] in (20, 40)  # the last checkpoint Ray Train registered before the kill -9
+    assert [r["step"] for r in rows(generator_run / "metrics.jsonl")] == list(range(5, STEPS + 1, 5))  # none twice
     assert sorted(p.name for p in (generator_run / "checkpoints").glob("step_*")) == ["step_00000040", "step_00000060"]
+    assert json.loads((generator_run / "model" / "config.json").read_text())["training"]["step"] == STEPS
 
 
 def test_the_export_is_the_ema_generator_with_its_provenance(generator_run, tokens):
     model = load_model(generator_run / "model")
     assert isinstance(model, BertGenerator)
     assert model.config == dataclasses.replace(GENERATOR_PRESETS["debug"], label_dropout=0.1)
-    state = torch.load(generator_run / "checkpoints" / f"step_{STEPS:08d}" / "state.pt", weights_only=False)
+    state = torch.load(generator_run / "checkpoints" / f"step_{STEPS:08d}" / "state.pt", weights_only=True)
     ema = state["task"]["ema"]["module"]
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     training = json.loads((generator_run / "model" / "config.json").read_text())["training"]
     meta = json.loads(pq.read_schema(next(tokens.glob("*.parquet"))).metadata[b"titok"])
     assert training["step"] == STEPS and training["recipe"] == "debug/generator" and training["task"] == "generator"
     assert training["tokenizer_sha256"] == meta["tokenizer"]["weights_sha256"]
-
-
-def test_rerun_after_kill_minus_9_continues_the_step_count(ray_head, tokens, tmp_path):
-    """The driver killed with SIGKILL once Ray Train has registered a checkpoint; the same command resumes."""
-    out = tmp_path / "run"
-    steps = 120  # checkpoints every 20 steps, about 1 s each on 2 cores: time to kill between them
-    cmd = [sys.executable, str(REPO / "jobs" / "train_generator.py"), "--preset", "debug", "--data", str(tokens),
-           "--output", str(out), "--num-workers", "2", "--batch-size", "12", "--steps", str(steps)]
-    env = {**os.environ, **ray_head.env}
-    registered = out / "checkpoints" / "checkpoint_manager_snapshot.json"  # Ray Train's record of its checkpoints
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not registered.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "model").exists(), "killed before the end"
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    resumed = rows(out / "attempts.jsonl")[-1]["resumed_from_step"]
-    assert resumed is not None and 0 < resumed < steps
-    logged = [r["step"] for r in rows(out / "metrics.jsonl")]
-    assert logged == list(range(5, steps + 1, 5))  # nothing lost, nothing logged twice
-    assert json.loads((out / "model" / "config.json").read_text())["training"]["step"] == steps
 
 
 def test_bad_configurations_are_one_line_errors_before_any_worker(tokens, tokenizer, tmp_path, capsys):
@@ -233,16 +237,54 @@ SAMPLE_ARGS = ("--classes", "0-3", "--per-class", 3, "--classes-per-chunk", 1, "
 
 
 @pytest.fixture(scope="module")
-def samples(ray_local, generator_run, tmp_path_factory) -> Path:
-    """The trained debug generator's samples with 2 workers (its tokenizer found through the model's record)."""
+def samples(ray_head, generator_run, tmp_path_factory) -> Path:
+    """The trained debug generator's samples on 2 workers of the head, sent with `ray job submit` (its
+    tokenizer found through the model's record)."""
     out = tmp_path_factory.mktemp("samples") / "two-workers"
-    assert sample_job("--generator", generator_run / "model", "--output", out, "--workers", 2, *SAMPLE_ARGS) == 0
+    done = submit(ray_head, "jobs/sample_generator.py", "--generator", str(generator_run / "model"), "--output",
+                  str(out), "--workers", "2", *map(str, SAMPLE_ARGS))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def crops() -> torch.Tensor:
+    """Real ImageNet centre crops as the evaluation protocol makes them, (24, 3, 256, 256) uint8."""
+    from pipelines.preprocess import CENTER, apply_view, decode_and_preprocess
+    paths = sorted(SAMPLE.glob("*.JPEG"))[:24]
+    return torch.from_numpy(np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER)
+                                      for p in paths])).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def reference(crops, tmp_path_factory) -> Path:
+    """Reference statistics of the real crops, in the file the evaluation job's --save-reference-stats writes."""
+    from pipelines.evaluate.report import reference_bytes
+    from titok_core.metrics import FeatureMoments
+    moments = FeatureMoments.zeros(16)
+    with torch.no_grad():
+        moments.update(RandomFeatures()(crops))
+    path = tmp_path_factory.mktemp("reference") / "real-random-features.npz"
+    path.write_bytes(reference_bytes(moments, FeatureSpec.random()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scored(ray_local, generator_run, reference, tmp_path_factory) -> Path:
+    """The same samples on 1 worker in this process, with gFID / IS against `reference` (random features)."""
+    out = tmp_path_factory.mktemp("samples") / "one-worker"
+    assert sample_job("--generator", generator_run / "model", "--output", out, "--workers", 1, *SAMPLE_ARGS,
+                      "--reference-stats", reference, "--random-features") == 0
     return out
 
 
 def npz_of(out: Path) -> Path:
     (npz,) = out.glob("samples_*.npz")
     return npz
+
+
+def metrics_of(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
 
 
 def test_samples_are_pngs_chunk_files_and_the_adm_npz(samples, tokenizer):
@@ -271,34 +313,111 @@ def test_samples_are_pngs_chunk_files_and_the_adm_npz(samples, tokenizer):
     assert summary["per_worker_images_per_s"] > 0
 
 
-def test_sampling_is_deterministic_and_independent_of_the_worker_count(samples, generator_run, tmp_path):
-    one = tmp_path / "one-worker"
-    assert sample_job("--generator", generator_run / "model", "--output", one, "--workers", 1, *SAMPLE_ARGS) == 0
-    assert npz_of(one).read_bytes() == npz_of(samples).read_bytes()
+def test_sampling_is_deterministic_and_independent_of_the_worker_count(samples, scored, generator_run, tokenizer):
+    assert npz_of(scored).read_bytes() == npz_of(samples).read_bytes()
     pngs = sorted(p.relative_to(samples) for p in samples.rglob("*.png"))
-    assert len(pngs) == 12 and all((one / p).read_bytes() == (samples / p).read_bytes() for p in pngs)
-    other = tmp_path / "other-seed"
-    assert sample_job("--generator", generator_run / "model", "--output", other, "--seed", 7, *SAMPLE_ARGS) == 0
-    with np.load(npz_of(other)) as a, np.load(npz_of(samples)) as b:
-        assert not np.array_equal(a["arr_0"], b["arr_0"])
+    assert len(pngs) == 12 and all((scored / p).read_bytes() == (samples / p).read_bytes() for p in pngs)
+    # the seed decides: chunk 0 (class 0, 3 images) drawn by a model actor's code with seeds 42 and 7
+    from pipelines.sample.model import SampleChunks
+    config = json.loads((samples / "sample_config.json").read_text())
+    chunk = {"index": 0, "classes": [0], "per_class": 3}
+    threads = torch.get_num_threads()  # the actors' 1 thread (same float reductions), then this process's again
+    try:
+        tokens = {seed: SampleChunks(str(generator_run / "model"), tokenizer, config["sampling"], seed, 2,
+                                     threads=1)(chunk)["tokens"] for seed in (42, 7)}
+    finally:
+        torch.set_num_threads(threads)
+    stored = pq.read_table(samples / "tokens" / "chunk-000000.parquet").column("tokens").to_pylist()
+    assert np.frombuffer(tokens[42], np.uint16).tolist() == [t for row in stored for t in row]
+    assert tokens[7] != tokens[42]
 
 
-def test_a_rerun_redoes_only_uncommitted_chunks_and_rewrites_the_same_npz(samples, generator_run, tmp_path):
+def test_end_to_end_fid_and_inception_score_against_reference_statistics(scored, reference, crops):
+    """shards -> tokens -> generator -> samples -> FID / IS, checked against the libraries on the npz."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    result = metrics_of(scored)
+    m = result["metrics"]
+    assert set(m) == {"fid_random_features", "is_random_features", "is_random_features_std"}, "never called gFID"
+    with np.load(npz_of(scored)) as z:
+        fake = torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2).contiguous()
+    net = RandomFeatures()
+    library = FrechetInceptionDistance(feature=net)
+    library.update(crops, real=True)
+    library.update(fake, real=False)
+    assert m["fid_random_features"] == pytest.approx(float(library.compute()), rel=1e-5)
+    with torch.no_grad():
+        logits = net.logits(net(fake))
+    # debug samples are nearly alike (a random tokenizer), so IS is 1 + 4e-11 here: compared to far below that
+    # (the maths on well-spread logits: test_inception_score_splits_as_the_adm_evaluator)
+    assert m["is_random_features"] == pytest.approx(isc_features_to_metric(logits, splits=1, shuffle=False)
+                                                    ["inception_score_mean"], rel=0, abs=1e-13)
+    assert result["images"] == 12 and result["inception_score_splits"]["splits"] == 1
+    assert result["reference"] == {"kind": "saved evaluation statistics", "source": str(reference), "images": 24}
+    assert result["comparable_with_paper"] is False and result["paper"] is None
+    assert any("not gFID and IS" in n for n in result["notes"]) and any("50k" in n for n in result["notes"])
+    assert result["chunks_measured_on_driver"] == 0  # the model actors measured every chunk
+    summary = json.loads((scored / "_summary.json").read_text())
+    assert summary["metrics"] == m
+    assert summary["per_worker_images_per_s"] > 0 and summary["measure_images_per_s"] > 0
+
+
+def test_a_rerun_redoes_only_uncommitted_chunks_and_scores_what_was_sampled_before(samples, scored, generator_run,
+                                                                                    reference, tmp_path):
+    """A run killed while writing chunk 2, rerun with --reference-stats: chunk 2 is sampled and measured by a
+    model actor, the chunks sampled earlier (without statistics) are measured by the driver from their PNGs;
+    the numbers are those of the run measured throughout."""
     import shutil
     out = tmp_path / "resumed"
     shutil.copytree(samples, out)
     before = npz_of(out).read_bytes()
-    # what a run killed while writing chunk 2 leaves: no success record, some of its files
     (out / "tokens" / "_success" / "chunk-000002.json").unlink()
     (out / "images" / "0002" / "0002_0001.png").unlink()
     npz_of(out).unlink()
-    assert sample_job("--generator", generator_run / "model", "--output", out, *SAMPLE_ARGS) == 0
+    assert sample_job("--generator", generator_run / "model", "--output", out, *SAMPLE_ARGS,
+                      "--reference-stats", reference, "--random-features") == 0
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["chunks_done"], summary["chunks_skipped"]) == (1, 3)
     assert npz_of(out).read_bytes() == before
+    result = metrics_of(out)
+    assert result["chunks_measured_on_driver"] == 3
+    for k, v in metrics_of(scored)["metrics"].items():
+        assert result["metrics"][k] == pytest.approx(v, rel=1e-9), k
     mtime = npz_of(out).stat().st_mtime_ns
-    assert sample_job("--generator", generator_run / "model", "--output", out, *SAMPLE_ARGS) == 0
+    assert sample_job("--generator", generator_run / "model", "--output", out, *SAMPLE_ARGS,
+                      "--reference-stats", reference, "--random-features") == 0
     assert npz_of(out).stat().st_mtime_ns == mtime  # all chunks as before: the npz is kept
+    assert metrics_of(out)["chunks_measured_on_driver"] == 0  # and the statistics measured before
+
+
+def test_inception_score_splits_as_the_adm_evaluator():
+    """Consecutive splits of `split_size` in batch order, whatever the batching; torch-fidelity without shuffling."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from titok_core.metrics import InceptionScore
+    logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    score = InceptionScore(split_size=4)
+    for part in (logits[:3], logits[3:9], logits[9:]):
+        score.update(part)
+    library = isc_features_to_metric(logits, splits=3, shuffle=False)
+    mean, std = score.compute()
+    assert [n for n, _, _ in score.splits] == [4, 4, 4]
+    assert mean == pytest.approx(library["inception_score_mean"], rel=1e-12)
+    assert std == pytest.approx(library["inception_score_std"], rel=1e-9)
+
+
+def test_an_adm_reference_batch_is_read_for_inception_only(tmp_path):
+    """mu / sigma of an ADM reference batch (its images are not read) against the Inception network."""
+    from pipelines.evaluate.report import load_generation_reference
+    mu = np.arange(2048, dtype=np.float64)
+    np.savez(tmp_path / "VIRTUAL_imagenet256_labeled.npz", arr_0=np.zeros((2, 8, 8, 3), np.uint8), mu=mu,
+             sigma=np.eye(2048), mu_s=np.zeros(2048), sigma_s=np.eye(2048))
+    inception = FeatureSpec("inception", sha256="6726825d" + "0" * 56)
+    ref = load_generation_reference(str(tmp_path / "VIRTUAL_imagenet256_labeled.npz"), inception)
+    assert ref.adm and ref.n is None and np.array_equal(ref.mu, mu) and ref.sigma.shape == (2048, 2048)
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(ValueError, match="not statistics of 2048-d Inception pool features"):
+        load_generation_reference(str(tmp_path / "small.npz"), inception)
 
 
 def test_the_class_balance_check_refuses_to_call_a_batch_50k():
@@ -313,7 +432,7 @@ def test_the_class_balance_check_refuses_to_call_a_batch_50k():
     assert "800 of 1000 classes have no sample" in fewer["not_paper_50k"]
 
 
-def test_sampling_one_line_errors(generator_run, tokenizer, samples, tmp_path, capsys):
+def test_sampling_one_line_errors(generator_run, tokenizer, samples, reference, tmp_path, capsys):
     def error(*args) -> str:
         assert sample_job(*args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
@@ -332,19 +451,21 @@ def test_sampling_one_line_errors(generator_run, tokenizer, samples, tmp_path, c
     official_like = save_pretrained(build_generator(GENERATOR_PRESETS["debug"]), tmp_path / "untrained")
     assert "records no tokenizer: pass --tokenizer" in error("--generator", official_like, "--output", tmp_path / "o")
     assert "holds samples made with another seed" in error(*gen, "--output", samples, "--seed", 1, *SAMPLE_ARGS)
+    # reference statistics that do not fit the run's feature network, and the options that need them
+    out = ["--output", tmp_path / "o", *gen]
+    assert "need --reference-stats" in error(*out, "--random-features")
+    assert "--reference-stats" in error(*out, "--reference-stats", tmp_path / "none.npz", "--random-features")
+    np.savez(tmp_path / "adm.npz", mu=np.zeros(2048), sigma=np.eye(2048))  # an ADM reference batch's statistics
+    assert "is an ADM reference batch (Inception statistics)" in error(*out, "--reference-stats", tmp_path / "adm.npz",
+                                                                       "--random-features")
+    with np.load(reference) as z:
+        arrays = dict(z)
+    other = json.dumps(FeatureSpec.random(seed=1).identity(), sort_keys=True)
+    np.savez(tmp_path / "other-net.npz", **{**arrays, "features": np.array(other)})
+    assert "another feature network" in error(*out, "--reference-stats", tmp_path / "other-net.npz", "--random-features")
+    np.savez(tmp_path / "other-protocol.npz", **{**arrays, "protocol": np.array(json.dumps({"name": "v0"}))})
+    assert "another evaluation protocol" in error(*out, "--reference-stats", tmp_path / "other-protocol.npz",
+                                                  "--random-features")
+    assert not (tmp_path / "o").exists()
 
 
-def test_ray_job_submit_to_a_local_head(ray_head, tokens, tmp_path):
-    """Both jobs sent to a real head with `ray job submit`, as the README's cluster commands send them."""
-    env = {**os.environ, **ray_head.env}
-    submit = ["ray", "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO), "--", "python"]
-    run, out = tmp_path / "run", tmp_path / "samples"
-    for job in (["jobs/train_generator.py", "--preset", "debug", "--data", str(tokens), "--output", str(run),
-                 "--steps", "10"],
-                ["jobs/sample_generator.py", "--generator", str(run / "model"), "--output", str(out),
-                 "--classes", "5,7", "--per-class", "2"]):
-        proc = subprocess.run(submit + job, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads((run / "model" / "config.json").read_text())["training"]["step"] == 10
-    with np.load(npz_of(out)) as z:
-        assert z["arr_0"].shape == (4, 256, 256, 3) and z["arr_1"].tolist() == [5, 5, 7, 7]
