@@ -45,7 +45,6 @@ from .data import ViewSampler
 from .optim import ScheduledOptimizer, autocast, no_sync, wrap_ddp
 from .recipes import Recipe
 
-
 BatchSampler = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
