@@ -26,6 +26,13 @@ Evaluation table (jobs/evaluate_tokenizer.py), one row per image of the centre-c
 
 Quarantine table (`_errors/<shard>.parquet`): the fields of `quarantine.SampleErrorRecord`.
 
+Sample table (jobs/sample_generator.py), one row per generated image, one file per chunk of classes:
+    key            string     "<class>_<index>", e.g. "0207_0012"
+    label          int32      the class it was generated for
+    sample_index   int32      its index among the samples of its class
+    file           string     its PNG, relative to the output directory
+    tokens         fixed_size_list<uint16>[N]  the generated token ids (decode_tokens gives the image)
+
 Dataset metadata: every data file's schema carries one JSON object under the `titok` key,
 `DatasetMetadata` below: the view set, crop size, codes per view, the model that made the codes
 (its identity) and the stored image format. Writers build it, readers (training, tokenizing a
@@ -34,7 +41,8 @@ proxy dataset, evaluation) parse it back with `DatasetMetadata.from_schema`.
 Between the Ray stages of a shard job a whole shard travels as ONE row (so it is never split and is
 the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model -> write) and
 `ShardResult` (write -> driver), each with `to_row` / `from_row`; the evaluation job's model stage
-sends `EvaluatedShard` to its write stage instead of `EncodedShard`.
+sends `EvaluatedShard` to its write stage instead of `EncodedShard`. The sampling job sends a chunk
+of classes the same way: `SampledChunk` (model -> write), then `ShardResult`.
 """
 
 from __future__ import annotations
@@ -73,6 +81,10 @@ LPIPS = "lpips"
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"titok"
+
+# The sample table's own columns (see the module docstring).
+SAMPLE_INDEX = "sample_index"
+FILE = "file"
 
 
 def codes_type(codes_per_view: int) -> pa.DataType:
@@ -120,6 +132,17 @@ def evaluation_schema(tokens_per_image: int) -> pa.Schema:
         pa.field(LPIPS, pa.float64(), nullable=True),
     ]
     return pa.schema(fields)
+
+
+def sample_schema(tokens_per_image: int) -> pa.Schema:
+    """Rows of the sampling job's chunk files (see the module docstring)."""
+    return pa.schema([
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(LABEL, pa.int32(), nullable=False),
+        pa.field(SAMPLE_INDEX, pa.int32(), nullable=False),
+        pa.field(FILE, pa.string(), nullable=False),
+        pa.field(TOKENS, pa.list_(pa.uint16(), tokens_per_image), nullable=False),
+    ])
 
 
 # Every field of a quarantine record, as a string column (the record is the definition).
@@ -445,3 +468,39 @@ class EvaluatedShard:
             _array(row["tokens"], row["tokens_shape"], np.uint16),
             *(_array(row[k], [n], np.float64) for k in ("psnr", "ssim", "lpips")),
             side_files=dict(zip(row["side_files"], row["side_file_bytes"])), stats=json.loads(row["stats"]))
+
+
+@dataclass
+class SampledChunk:
+    """A chunk of generated images (sampling job: model stage -> write stage).
+
+    Args:
+        index: the chunk's place in the plan; name: its output name (`chunk-000000`).
+        labels / indices: per image, its class and its index among that class's samples.
+        tokens: (n, N) uint16 generated token ids.
+        images: (n, H, W, 3) uint8, the tokenizer's decoding as the official evaluation converts it.
+        stats: summed timings for the job summary (generate_s, decode_s, measure_s).
+        stats_file: the chunk's features / logits file for gFID and IS (empty: not measured).
+    """
+
+    index: int
+    name: str
+    labels: list[int]
+    indices: list[int]
+    tokens: np.ndarray
+    images: np.ndarray
+    stats: dict[str, float] = field(default_factory=dict)
+    stats_file: bytes = b""
+
+    def to_row(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "labels": self.labels, "indices": self.indices,
+                "tokens": self.tokens.astype(np.uint16).tobytes(), "tokens_shape": list(self.tokens.shape),
+                "images": self.images.astype(np.uint8).tobytes(), "images_shape": list(self.images.shape),
+                "stats": json.dumps(self.stats), "stats_file": self.stats_file}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SampledChunk:
+        return cls(int(row["index"]), row["name"], [int(v) for v in row["labels"]], [int(v) for v in row["indices"]],
+                   _array(row["tokens"], row["tokens_shape"], np.uint16),
+                   _array(row["images"], row["images_shape"], np.uint8), json.loads(row["stats"]),
+                   bytes(row["stats_file"]))

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BENCHMARKS = sorted(p for p in (REPO / "benchmarks").glob("*.py") if p.name != "common.py")
 JOBS = sorted(p for p in (REPO / "jobs").glob("*.py") if p.name != "__init__.py")
-PACKAGES = ["titok_core", "pipelines", "pipelines/encode", "pipelines/evaluate", "pipelines/train", "jobs"]
+PACKAGES = ["titok_core", "pipelines", "pipelines/encode", "pipelines/evaluate", "pipelines/sample",
+            "pipelines/train", "jobs"]
 
 
 def test_import_contracts_hold():

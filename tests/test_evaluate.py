@@ -168,6 +168,13 @@ def test_inception_path_loads_the_library_format_and_gives_the_standard_features
     assert (ours[0] - ours[1]).abs().max() > 1e-3, "features that tell images apart"
     torch.testing.assert_close(ours.float(), library, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(ours.float(), standard, rtol=1e-3, atol=1e-4)
+    # the Inception Score's classifier (the sampling job's IS): torch-fidelity's logits without the bias
+    with torch.inference_mode():
+        logits = net.logits(ours)
+        unbiased = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"],
+                                      feature_extractor_weights_path=random_inception, antialias=False)(images)
+    assert logits.shape == (2, 1008) and logits.dtype == torch.float64
+    torch.testing.assert_close(logits.float(), unbiased, rtol=1e-3, atol=1e-3)
 
 
 class _Payload:  # an object a weights file must not be able to smuggle in

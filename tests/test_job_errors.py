@@ -17,7 +17,9 @@ import torch
 from jobs.evaluate_tokenizer import main as evaluate
 from jobs.make_shards import main as make_shards
 from jobs.precompute_proxy import main as precompute
+from jobs.sample_generator import main as sample_generator
 from jobs.tokenize_dataset import main as tokenize
+from jobs.train_generator import main as train_generator
 from jobs.train_tokenizer import main as train
 from pipelines import runtime, schema, storage
 from pipelines.commit import commit_shard
@@ -79,10 +81,13 @@ def commands(tmp_path: Path, tiny_teacher: str, stage1: str, released: str = "")
         "train_tokenizer": (train, ["--stage", "1", "--preset", "debug", "--data", shards, "--output", "OUT"]),
         "evaluate_tokenizer": (evaluate, ["--input", shards, "--tokenizer", released, "--random-features", "--no-lpips",
                                           "--output", "OUT"]),
+        "train_generator": (train_generator, ["--preset", "debug", "--data", shards, "--output", "OUT"]),
+        "sample_generator": (sample_generator, ["--generator", str(tmp_path / "generator"), "--output", "OUT"]),
     }
 
 
-JOBS = ["make_shards", "precompute_proxy", "tokenize_dataset", "train_tokenizer", "evaluate_tokenizer"]
+JOBS = ["make_shards", "precompute_proxy", "tokenize_dataset", "train_tokenizer", "evaluate_tokenizer",
+        "train_generator", "sample_generator"]
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -130,6 +135,9 @@ def test_a_read_only_output_is_one_line_in_every_job(tmp_path, tiny_teacher, tin
     ("train_tokenizer", ["--num-workers", "0"], "--num-workers: 0 is not a positive integer"),
     ("train_tokenizer", ["--cpus-per-worker", "0"], "--cpus-per-worker: 0 is not a positive number"),
     ("train_tokenizer", ["--steps", "0"], "--steps: 0 is not a positive integer"),
+    ("train_generator", ["--steps", "0"], "--steps: 0 is not a positive integer"),
+    ("sample_generator", ["--per-class", "0"], "--per-class: 0 is not a positive integer"),
+    ("sample_generator", ["--cpus-per-worker", "-1"], "--cpus-per-worker: -1 is not a positive number"),
     ("make_shards", ["--samples-per-shard", "nan"], "--samples-per-shard: 'nan' is not a positive integer"),
 ])
 def test_numbers_out_of_range_are_one_line(job, args, needle, tmp_path, tiny_teacher, tiny_stage1, capsys):

@@ -1,7 +1,7 @@
-"""Image and token metrics (no gradients): the one PSNR of the project, codebook statistics, and the
-streaming feature moments behind FID.
+"""Image and token metrics (no gradients): the one PSNR of the project, codebook statistics, the
+streaming feature moments behind FID, and the streaming sums behind the Inception Score.
 
-Legend: B batch, C codebook size, D feature size.
+Legend: B batch, C codebook size (InceptionScore: classes of the classifier), D feature size.
 """
 
 from __future__ import annotations
@@ -99,3 +99,55 @@ class FeatureMoments:
         mu = self.total / self.n
         sigma = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
         return mu, sigma
+
+
+# The ADM evaluator (guided-diffusion evaluations/evaluator.py) scores IS on splits of 5,000 images,
+# consecutive in the batch's order; 50,000 images make 10 splits.
+ADM_IS_SPLIT = 5000
+
+
+class InceptionScore:
+    """Streaming Inception Score of images fed in their batch order, as the ADM evaluator computes it:
+    consecutive splits of `split_size` images, per split exp(mean_x KL(p(y|x) || p_split(y))), then
+    the mean (and standard deviation) over the splits. float64 throughout.
+
+    Per split it keeps n, the sum of p(y|x) and the sum of sum_y p log p, since
+    mean_x KL = sum(p log p) / n - sum_y q log q with q = sum(p) / n; so any batching of the same
+    images in the same order gives the same score (up to float64 summation order).
+
+    Args:
+        split_size: images per split (ADM: 5,000; fewer images than that make one split).
+    """
+
+    def __init__(self, split_size: int = ADM_IS_SPLIT):
+        self.split_size = split_size
+        self.n = 0
+        self.splits: list[tuple[int, Tensor, float]] = []  # per split: (n, sum p (C,), sum of p log p)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor) -> None:
+        """Add the next images of the batch. logits: (B, C), the classifier's logits (ADM: unbiased)."""
+        logits = logits.detach().to("cpu", torch.float64)
+        p = logits.softmax(dim=1)
+        plogp = (p * logits.log_softmax(dim=1)).sum(1)
+        i = 0
+        while i < len(p):
+            k = self.n // self.split_size
+            take = min((k + 1) * self.split_size - self.n, len(p) - i)
+            if k == len(self.splits):
+                self.splits.append((0, torch.zeros(p.shape[1], dtype=torch.float64), 0.0))
+            n, total, ent = self.splits[k]
+            self.splits[k] = (n + take, total + p[i:i + take].sum(0), ent + float(plogp[i:i + take].sum()))
+            self.n += take
+            i += take
+
+    def compute(self) -> tuple[float, float]:
+        """(mean, std) of the per-split scores (std over splits, ddof 0, as torch-fidelity reports it)."""
+        if not self.splits:
+            raise ValueError("an Inception Score needs at least one image")
+        scores = []
+        for n, total, ent in self.splits:
+            q = total / n
+            scores.append(float(torch.exp(ent / n - torch.special.xlogy(q, q).sum())))
+        t = torch.tensor(scores, dtype=torch.float64)
+        return float(t.mean()), float(t.std(unbiased=False))

@@ -4,7 +4,8 @@
                         s3://), else the library's cache under TORCH_HOME, else a download; offline
                         without them one line naming both ways
     FeatureSpec         which network a run measures with; its identity is recorded and checked
-    build_feature_net   FeatureSpec -> module: (B, 3, H, W) uint8 -> (B, D) float64 features
+    build_feature_net   FeatureSpec -> module: (B, 3, H, W) uint8 -> (B, D) float64 features;
+                        `net.logits(features)` -> (B, K) the classifier logits of the Inception Score
     frechet_distance    torch-fidelity's FID of two (mu, sigma)
 
 The network is torch-fidelity's `FeatureExtractorInceptionV3`, the class torchmetrics' FID wraps and
@@ -115,15 +116,21 @@ class InceptionPool3(nn.Module):
         pool, self._pool = self._pool, None
         return pool.flatten(1)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 2048) pool features -> (B, 1008) logits without the bias, float64: torch-fidelity's
+        `logits_unbiased`, what the ADM evaluator's softmax reads for the Inception Score."""
+        return features.double() @ self.net.fc.weight.double().T
+
 
 class RandomFeatures(nn.Module):
     """Smoke tests only: a small conv net with seeded random weights, (B, 3, H, W) uint8 -> (B, dim) float64.
 
     Runs in float64 like the Inception path; the same seed gives the same weights in every process,
     so the statistics of different workers merge. Its FID is not rFID and is never reported as such.
+    A random linear head (`logits`, `classes` outputs) stands in for Inception's classifier.
     """
 
-    def __init__(self, dim: int = 16, seed: int = 0):
+    def __init__(self, dim: int = 16, seed: int = 0, classes: int = 10):
         super().__init__()
         self.num_features = dim
         self.net = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.Conv2d(8, dim, 4, stride=4), nn.ReLU(),
@@ -134,10 +141,17 @@ class RandomFeatures(nn.Module):
                 fan_in = conv.weight[0].numel()
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64) * (2 / fan_in) ** 0.5)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=g, dtype=torch.float64) * 0.1)
+        # drawn after the convolutions, so the features are the same as without a head
+        self.head = nn.Linear(dim, classes, bias=False).double()
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(classes, dim, generator=g, dtype=torch.float64) * dim ** -0.5)
         self.requires_grad_(False).eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.double() / 255.0)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.double())
 
 
 @dataclass(frozen=True)

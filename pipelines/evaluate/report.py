@@ -29,7 +29,7 @@ from titok_core.metrics import FeatureMoments, codebook_stats
 
 from .. import schema as S
 from ..commit import data_url
-from ..storage import atomic_write_bytes, join_url, read_bytes, write_json_atomic
+from ..storage import atomic_write_bytes, get_fs, join_url, read_bytes, write_json_atomic
 from . import grids
 from .features import FeatureSpec, frechet_distance
 from .protocol import PAPER_IMAGES, PAPER_RFID, PROTOCOL, RESOLUTION, paper_model
@@ -48,13 +48,16 @@ class Reference:
     """Real-image statistics saved by an earlier evaluation of the same split.
 
     Args:
-        mu / sigma: (D,) and (D, D) float64. n: images. source: where they were read from.
+        mu / sigma: (D,) and (D, D) float64. n: images (None: an ADM reference batch, which does not
+            say). source: where they were read from. adm: an ADM reference batch's `mu` / `sigma`
+            (the generation reference of gFID, e.g. VIRTUAL_imagenet256_labeled.npz), not ours.
     """
 
     mu: np.ndarray
     sigma: np.ndarray
-    n: int
+    n: int | None
     source: str
+    adm: bool = False
 
 
 def reference_bytes(real: FeatureMoments, features: FeatureSpec) -> bytes:
@@ -67,16 +70,24 @@ def reference_bytes(real: FeatureMoments, features: FeatureSpec) -> bytes:
     return buf.getvalue()
 
 
-def load_reference(uri: str, features: FeatureSpec, storage_options: dict | None = None) -> Reference:
-    """Read and check saved statistics: same protocol, same feature network (one-line ValueError otherwise)."""
+def _read_arrays(uri: str, storage_options: dict | None) -> dict[str, np.ndarray]:
+    """The statistics arrays of an npz; image arrays (`arr_0`, ... of an ADM reference batch: about
+    1 GB of images beside its mu / sigma) are neither read nor returned."""
     try:
-        with np.load(io.BytesIO(read_bytes(uri, storage_options)), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        fs, path = get_fs(uri, storage_options=storage_options)
+        with fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if not k.startswith("arr_")}
     except FileNotFoundError:
         raise FileNotFoundError(f"--reference-stats {uri} does not exist") from None
     except Exception as e:
         raise ValueError(f"--reference-stats {uri} is not an .npz of statistics ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    return arrays
+
+
+def load_reference(uri: str, features: FeatureSpec, storage_options: dict | None = None) -> Reference:
+    """Read and check saved statistics: same protocol, same feature network (one-line ValueError otherwise)."""
+    arrays = _read_arrays(uri, storage_options)
     if "protocol" not in arrays or "features" not in arrays:
         raise ValueError(f"--reference-stats {uri} records no protocol, so it was not written by --save-reference-stats; "
                          "rFID's reference is the statistics of the same centre crops (the ADM generation reference "
@@ -90,6 +101,27 @@ def load_reference(uri: str, features: FeatureSpec, storage_options: dict | None
                          f"weights {str(theirs.get('weights_sha256'))[:12]}; this run: {ours.get('network')}, "
                          f"weights {str(ours.get('weights_sha256'))[:12]})")
     return Reference(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64), int(arrays["n"]), uri)
+
+
+def load_generation_reference(uri: str, features: FeatureSpec, storage_options: dict | None = None) -> Reference:
+    """The reference of gFID: statistics saved by --save-reference-stats (checked as `load_reference`
+    checks them), or an ADM reference batch's `mu` / `sigma` (Inception pool features of the ADM
+    evaluator; usable only when this run measures with Inception). One-line ValueError otherwise."""
+    arrays = _read_arrays(uri, storage_options)
+    if "protocol" in arrays or "features" in arrays:
+        return load_reference(uri, features, storage_options)
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise ValueError(f"--reference-stats {uri} holds neither our statistics (--save-reference-stats) nor an ADM "
+                         f"reference batch's mu / sigma (it has {', '.join(sorted(arrays)) or 'no arrays'})")
+    if not features.is_rfid:
+        raise ValueError(f"--reference-stats {uri} is an ADM reference batch (Inception statistics) and this run "
+                         f"measures with another feature network ({features.identity()['network']}): drop "
+                         "--random-features")
+    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
+    if mu.shape != (features.dim,) or sigma.shape != (features.dim, features.dim):
+        raise ValueError(f"--reference-stats {uri}: mu {mu.shape} / sigma {sigma.shape} are not statistics of "
+                         f"{features.dim}-d Inception pool features")
+    return Reference(mu, sigma, None, uri, adm=True)
 
 
 # --------------------------------------------------------------------------------------------

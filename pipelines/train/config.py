@@ -1,5 +1,5 @@
-"""One training run, resolved: the config the driver checks and every worker receives, and the names
-of what a run writes.
+"""One training run, resolved: the config the driver checks and every worker receives (`TrainJobConfig`
+for the tokenizer stages, `GeneratorJobConfig` for the generator), and the names of what a run writes.
 
 Output layout (`--output`, local or s3://):
     train_config.json   the resolved job config (recipe, data, workers, ...)
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Union
 
 from .data import DatasetInfo
-from .recipes import Recipe
+from .recipes import GeneratorRecipe, Recipe
+from .token_data import TokenDatasetInfo
 
 CONFIG_FILE = "train_config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -25,6 +26,18 @@ FAIL_AT_STEP_ENV = "TITOK_TRAIN_FAIL_AT_STEP"  # fault injection for tests: SIGK
 
 class ConfigError(ValueError):
     """A bad training configuration, found before any worker starts: one line naming the fix."""
+
+
+def _check_batches(batch_size: int, num_workers: int, grad_accum: int, rows: int, data: str) -> None:
+    if num_workers < 1 or grad_accum < 1:
+        raise ConfigError("--num-workers and --grad-accum must be >= 1")
+    if batch_size % (num_workers * grad_accum):
+        n = num_workers * grad_accum
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers} "
+                          f"x --grad-accum {grad_accum}; pick a multiple of {n}")
+    if rows < batch_size // grad_accum:
+        raise ConfigError(f"--data {data} has {rows} rows, fewer than one step's "
+                          f"{batch_size // grad_accum} images; lower --batch-size or add data")
 
 
 @dataclass(frozen=True)
@@ -61,24 +74,24 @@ class TrainJobConfig:
     random_backbones: bool = False
     storage_options: dict | None = None
 
+    kind: ClassVar[str] = "tokenizer"
+
     def __post_init__(self) -> None:
         r = self.recipe
-        if self.num_workers < 1 or self.grad_accum < 1:
-            raise ConfigError("--num-workers and --grad-accum must be >= 1")
-        if r.batch_size % (self.num_workers * self.grad_accum):
-            n = self.num_workers * self.grad_accum
-            raise ConfigError(f"--batch-size {r.batch_size} is not divisible by --num-workers {self.num_workers} "
-                              f"x --grad-accum {self.grad_accum}; pick a multiple of {n}")
+        _check_batches(r.batch_size, self.num_workers, self.grad_accum, self.dataset.rows, self.data)
         if r.stage == 2 and not self.init:
             raise ConfigError("--stage 2 fine-tunes a stage-1 model: pass --init <stage-1 output>/model")
-        if self.dataset.rows < r.batch_size // self.grad_accum:
-            raise ConfigError(f"--data {self.data} has {self.dataset.rows} rows, fewer than one step's "
-                              f"{r.batch_size // self.grad_accum} images; lower --batch-size or add data")
 
     @property
     def micro_batch(self) -> int:
         """Images per worker per forward pass."""
         return self.recipe.batch_size // (self.num_workers * self.grad_accum)
+
+    def training_record(self) -> dict[str, Any]:
+        """What the exported model records about the run that made it (besides its step)."""
+        r = self.recipe
+        return {"stage": r.stage, "recipe": r.name, "ema": r.ema_decay is not None, "data": self.data,
+                "init": self.init, "teacher_sha256": self.dataset.metadata.model.weights_sha256}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -92,3 +105,71 @@ class TrainJobConfig:
         d["recipe"] = Recipe.from_dict(d["recipe"])
         d["dataset"] = DatasetInfo.from_dict(d["dataset"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class GeneratorJobConfig:
+    """One generator training run, resolved: what the workers receive and what train_config.json records.
+
+    The resources and the output layout are those of `TrainJobConfig`; the shared loop (loop.py)
+    drives both.
+
+    Args:
+        recipe: the generator recipe with the CLI's overrides applied.
+        data: the token dataset as given; dataset: its files, rows, metadata and value ranges.
+        output: run directory (local path or URL).
+        tokenizer: the dataset's tokenizer in its released form (checked by weight hash), which decodes
+            the sample grids; None: no grids.
+        num_workers / use_gpu / cpus_per_worker / grad_accum / max_failures / storage_options: as in
+            `TrainJobConfig`.
+    """
+
+    kind: ClassVar[str] = "generator"
+
+    recipe: GeneratorRecipe
+    data: str
+    output: str
+    dataset: TokenDatasetInfo
+    tokenizer: str | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    grad_accum: int = 1
+    max_failures: int = 3
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        _check_batches(self.recipe.batch_size, self.num_workers, self.grad_accum, self.dataset.rows, self.data)
+
+    @property
+    def micro_batch(self) -> int:
+        """Token sequences per worker per forward pass."""
+        return self.recipe.batch_size // (self.num_workers * self.grad_accum)
+
+    def training_record(self) -> dict[str, Any]:
+        """What the exported model records about the run that made it (besides its step)."""
+        tokenizer = self.dataset.metadata.model
+        return {"task": self.kind, "recipe": self.recipe.name, "ema": self.recipe.ema_decay is not None,
+                "data": self.data, "tokenizer_sha256": tokenizer.weights_sha256, "tokenizer_source": tokenizer.source}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["recipe"] = self.recipe.to_dict()
+        d["dataset"] = self.dataset.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneratorJobConfig:
+        d = dict(d)
+        d["recipe"] = GeneratorRecipe.from_dict(d["recipe"])
+        d["dataset"] = TokenDatasetInfo.from_dict(d["dataset"])
+        return cls(**d)
+
+
+AnyJobConfig = Union[TrainJobConfig, GeneratorJobConfig]
+JOB_KINDS: dict[str, type] = {TrainJobConfig.kind: TrainJobConfig, GeneratorJobConfig.kind: GeneratorJobConfig}
+
+
+def job_from_dict(d: dict[str, Any], kind: str = TrainJobConfig.kind) -> AnyJobConfig:
+    """The job config a worker receives, by its kind ("tokenizer" or "generator")."""
+    return JOB_KINDS[kind].from_dict(d)

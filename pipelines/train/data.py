@@ -122,15 +122,16 @@ def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetIn
     return DatasetInfo(tuple(files), rows, size, first, code_extremes)
 
 
-def code_range(footer: pq.FileMetaData) -> tuple[int | None, int | None]:
-    """(smallest, largest) proxy code of a file by the min / max statistics of its footer (no data
-    read); (None, None) for a file written without statistics (then `ViewSampler` checks batch by batch)."""
+def code_range(footer: pq.FileMetaData, column_name: str = schema.PROXY_CODES) -> tuple[int | None, int | None]:
+    """(smallest, largest) proxy code (or value of another integer column, e.g. tokens or labels) of a
+    file by the min / max statistics of its footer (no data read); (None, None) for a file written
+    without statistics (then `ViewSampler` checks batch by batch)."""
     low = high = None
     for g in range(footer.num_row_groups):
         group = footer.row_group(g)
         for j in range(group.num_columns):
             column = group.column(j)
-            if column.path_in_schema.split(".")[0] != schema.PROXY_CODES:
+            if column.path_in_schema.split(".")[0] != column_name:
                 continue
             stats = column.statistics
             if stats is None or not stats.has_min_max:

@@ -1,10 +1,12 @@
-"""The driver of jobs/train_tokenizer.py: check everything, then run Ray Train's TorchTrainer.
+"""The driver of jobs/train_tokenizer.py (and, with generator_job.resolve_generator_run, of
+jobs/train_generator.py): check everything, then run Ray Train's TorchTrainer.
 
     resolve_run(...)  recipe + overrides, the dataset's files and metadata, the teacher and the
                       stage-1 checkpoint: every user mistake becomes one `ConfigError` line here,
                       before any Ray worker starts
     run(cfg)          Ray Data dataset -> TorchTrainer(loop.train_loop_per_worker), checkpoints and
-                      restarts through Ray Train; prints where everything went
+                      restarts through Ray Train; prints where everything went. The same for a
+                      tokenizer stage (`TrainJobConfig`) and the generator (`GeneratorJobConfig`)
 
 The output layout is in pipelines/train/config.py.
 """
@@ -19,7 +21,7 @@ from typing import Any
 from ..commit import OutputBusyError, OutputLease
 from ..runtime import forwarded_env, init_ray, load_model_uri, model_identity
 from ..storage import check_output, get_fs, is_local, join_url, local_path, storage_failure, write_json_atomic
-from .config import CHECKPOINTS_DIR, CONFIG_FILE, MODEL_DIR, ConfigError, TrainJobConfig
+from .config import CHECKPOINTS_DIR, CONFIG_FILE, MODEL_DIR, AnyJobConfig, ConfigError, TrainJobConfig
 from .data import DatasetError, check_layout, inspect_dataset
 from .recipes import get_recipe
 
@@ -126,7 +128,7 @@ def finished_step(output: str, storage_options: dict | None = None) -> dict[str,
     return json.loads(fs.cat_file(path)).get("training")
 
 
-def check_previous_run(cfg: TrainJobConfig) -> dict[str, Any] | None:
+def check_previous_run(cfg: AnyJobConfig) -> dict[str, Any] | None:
     """Refuse an output that holds a different run; returns the finished-run record if complete."""
     fs, path = get_fs(join_url(cfg.output, CONFIG_FILE), storage_options=cfg.storage_options)
     if fs.exists(path):
@@ -149,7 +151,7 @@ def check_previous_run(cfg: TrainJobConfig) -> dict[str, Any] | None:
 # Ray Train
 
 
-def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
+def run(cfg: AnyJobConfig, ray_address: str | None = None) -> int:
     """Train (or resume, or do nothing if finished) under the output's lease; returns the exit code.
 
     Raises:
@@ -162,7 +164,17 @@ def run(cfg: TrainJobConfig, ray_address: str | None = None) -> int:
         raise ConfigError(str(e)) from None
 
 
-def _train(cfg: TrainJobConfig, ray_address: str | None) -> int:
+def _dataset(cfg: AnyJobConfig, env: dict[str, str]):
+    """The Ray Dataset of the run's task: tokens for the generator, crops (and codes) for the tokenizer."""
+    if cfg.kind == "generator":
+        from .token_data import build_token_dataset
+        return build_token_dataset(cfg.dataset, cfg.recipe.seed, storage_options=cfg.storage_options, env=env)
+    from .data import build_dataset
+    r = cfg.recipe
+    return build_dataset(cfg.dataset, r.seed, with_codes=r.stage == 1, storage_options=cfg.storage_options, env=env)
+
+
+def _train(cfg: AnyJobConfig, ray_address: str | None) -> int:
     done = check_previous_run(cfg)
     model_url = join_url(cfg.output, MODEL_DIR)
     if done is not None:
@@ -174,13 +186,13 @@ def _train(cfg: TrainJobConfig, ray_address: str | None) -> int:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .data import build_dataset, pyarrow_filesystem
+    from .data import pyarrow_filesystem
     from .loop import train_loop_per_worker
 
     init_ray(ray_address)
     r = cfg.recipe
     env = forwarded_env()
-    dataset = build_dataset(cfg.dataset, r.seed, with_codes=r.stage == 1, storage_options=cfg.storage_options, env=env)
+    dataset = _dataset(cfg, env)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # deterministic split and order: a resumed run reads what the lost one would have
     resources = {"CPU": cfg.cpus_per_worker}
@@ -191,7 +203,7 @@ def _train(cfg: TrainJobConfig, ray_address: str | None) -> int:
         storage_path = local_path(cfg.output)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": cfg.to_dict()},
+        train_loop_config={"job": cfg.to_dict(), "kind": cfg.kind},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

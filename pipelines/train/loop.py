@@ -1,11 +1,13 @@
-"""The Ray Train worker loop shared by both stages (`train_loop_per_worker`).
+"""The Ray Train worker loop every training task shares (`train_loop_per_worker`): the two tokenizer
+stages and the generator.
 
     resume      ray.train.get_checkpoint(): after a worker failure (FailureConfig) or when the
                 same command runs again (same RunConfig name + storage path), the latest
                 checkpoint: models, EMA, optimizers, schedules, step, data position, RNG
-    loop        micro-batches from this worker's dataset shard -> task.train_step (DDP, grad
-                accumulation) -> every log_every: metrics averaged over the window and workers
-                -> every image_every: a PNG grid -> every checkpoint_every: ray.train.report
+    loop        micro-batches from this worker's dataset shard, made by the task's batch sampler
+                -> task.train_step (DDP, grad accumulation) -> every log_every: metrics averaged
+                over the window and workers -> every image_every: a PNG grid (tasks may draw none)
+                -> every checkpoint_every: ray.train.report
     export      rank 0 writes the (EMA) model with titok_core.save_pretrained to <output>/model
 
 Only rank 0 writes metrics, grids and the model; every rank writes its RNG state into checkpoints.
@@ -30,8 +32,9 @@ import torch.distributed as dist
 
 from titok_core import save_pretrained
 
-from .config import CONFIG_FILE, FAIL_AT_STEP_ENV, MODEL_DIR, TrainJobConfig
-from .data import MATERIALIZE_BELOW_BYTES, ViewSampler, iterate_batches
+from .config import CONFIG_FILE, FAIL_AT_STEP_ENV, MODEL_DIR, AnyJobConfig, GeneratorJobConfig, job_from_dict
+from .data import MATERIALIZE_BELOW_BYTES, iterate_batches
+from .generator_task import GeneratorTask
 from .outputs import (
     ATTEMPTS,
     METRICS_CSV,
@@ -46,6 +49,7 @@ from .outputs import (
 from .stages import Stage1Task, Stage2Task, TrainTask
 
 log = logging.getLogger("titok.train")
+CHECKPOINT_POLL_S = 2.0  # Ray Train V2's default worker poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)
 
 
 @dataclass
@@ -67,7 +71,9 @@ class TrainPosition:
                                    rows_per_batch=rows_per_batch)
 
 
-def make_task(job: TrainJobConfig, device: torch.device) -> TrainTask:
+def make_task(job: AnyJobConfig, device: torch.device) -> TrainTask:
+    if isinstance(job, GeneratorJobConfig):
+        return GeneratorTask(job.recipe, device, job.tokenizer)
     if job.recipe.stage == 1:
         return Stage1Task(job.recipe, device, job.teacher)
     return Stage2Task(job.recipe, device, job.teacher, job.init, lpips_weights=job.lpips_weights,
@@ -89,7 +95,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(task: TrainTask, progress: TrainPosition, job: TrainJobConfig, rank: int, metrics: dict[str, float]) -> None:
+def save_checkpoint(task: TrainTask, progress: TrainPosition, job: AnyJobConfig, rank: int, metrics: dict[str, float]) -> None:
     """Every rank reports into the same checkpoint directory: rank 0 the state, each rank its RNG."""
     import ray.train
     with tempfile.TemporaryDirectory(prefix="titok-ckpt-") as d:
@@ -149,7 +155,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    job = TrainJobConfig.from_dict(loop_config["job"])
+    job = job_from_dict(loop_config["job"], loop_config.get("kind", "tokenizer"))
     recipe = job.recipe
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -171,11 +177,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with open(files.path(ATTEMPTS), "a") as f:  # one line per (re)start of the worker group
             f.write(json.dumps(attempt) + "\n")
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0") or 0)
+    reported_at = 0.0  # when this worker last reported a checkpoint
 
     if progress.step < recipe.max_steps:
-        meta = job.dataset.metadata
-        sampler = ViewSampler(recipe.seed, meta.crop_size, with_codes=task.with_codes,
-                              codebook_size=meta.proxy_codebook_size)
+        sampler = task.batch_sampler(job.dataset.metadata)
         batches = iterate_batches(ray.train.get_dataset_shard("train"), sampler, micro_batch=job.micro_batch,
                                   start_epoch=progress.epoch, start_batch=progress.batch,
                                   shuffle_seed=recipe.seed * 1000 + rank, shuffle_buffer=recipe.shuffle_buffer,
@@ -195,6 +200,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             final = step == recipe.max_steps
 
             if fail_at and restored is None and step == fail_at and rank == world - 1:
+                # Ray Train's controller collects reported checkpoints when it polls the workers (every
+                # 2 s): a worker dying sooner after a report loses that checkpoint, so wait for the poll.
+                time.sleep(max(0.0, reported_at + 2 * CHECKPOINT_POLL_S - time.perf_counter()))
                 os.kill(os.getpid(), signal.SIGKILL)  # injected worker death (tests): FailureConfig restarts
 
             if step % recipe.log_every == 0 or final:
@@ -208,13 +216,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if logger is not None:
                     logger.log(step, metrics, recipe.max_steps)
             if rank == 0 and (step % recipe.image_every == 0 or final):
-                grid = make_grid(*task.grid(micro[-1], recipe.num_images))
-                write_grid(files, step, grid)
-                logger.image(step, grid)
+                pair = task.grid(micro[-1], recipe.num_images)
+                if pair is not None:
+                    grid = make_grid(*pair)
+                    write_grid(files, step, grid)
+                    logger.image(step, grid)
             if step % recipe.checkpoint_every == 0 or final:
                 if files is not None:
                     files.publish(METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR, ATTEMPTS)
                 save_checkpoint(task, progress, job, rank, last)
+                reported_at = time.perf_counter()
         batches.close()
 
     if rank == 0:
@@ -223,12 +234,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         files.publish(METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR, ATTEMPTS)
 
 
-def export(task: TrainTask, job: TrainJobConfig, progress: TrainPosition, files: RunFiles) -> None:
+def export(task: TrainTask, job: AnyJobConfig, progress: TrainPosition, files: RunFiles) -> None:
     """The (EMA) model in titok_core's format, with what produced it, at <output>/model."""
     recipe = job.recipe
-    training = {"stage": recipe.stage, "recipe": recipe.name, "step": progress.step,
-                "ema": recipe.ema_decay is not None, "data": job.data, "init": job.init,
-                "teacher_sha256": job.dataset.metadata.model.weights_sha256}
+    training = {**job.training_record(), "step": progress.step}
     staging = files.path(MODEL_DIR + ".tmp")
     save_pretrained(task.export_model(), staging, extra={"training": training})
     replace_dir(staging, files.path(MODEL_DIR))

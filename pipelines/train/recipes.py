@@ -1,4 +1,5 @@
-"""Training recipes: the paper's two-stage schedules for S-128 / B-64 / L-32, and a `debug` one.
+"""Training recipes: the paper's two-stage tokenizer schedules for S-128 / B-64 / L-32, its generator
+recipe per size (`GeneratorRecipe`, at the end of this file), and a `debug` one of each.
 
 A recipe is a frozen dataclass in code; the training CLI overrides only data, output, workers,
 steps and batch size (plus resource flags that do not change the maths). A new experiment is a
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titok_core.discriminator import DISCRIMINATOR_PRESETS, DiscriminatorConfig
+from titok_core.generator import GENERATOR_PRESETS, AnyGeneratorConfig
 from titok_core.losses import PERCEPTUAL_KINDS
 from titok_core.presets import PRESETS
+from titok_core.sampling import SAMPLING_PRESETS
 
 MIXED_PRECISIONS = ("fp16", "bf16", "fp32")  # autocast dtypes of a training recipe on GPU
 
@@ -234,3 +237,124 @@ def get_recipe(stage: int, preset: str) -> Recipe:
     if preset not in RECIPES[stage]:
         raise ValueError(f"--preset {preset!r}: choose one of {sorted(RECIPES[stage])}")
     return RECIPES[stage][preset]
+
+
+# ------------------------------------------------------------------------------------------------
+# Generator recipes (jobs/train_generator.py): a class-conditional MaskGIT generator on the tokens
+# jobs/tokenize_dataset.py wrote. Values are the official ones, bytedance/1d-tokenizer:
+#
+#   configs/training/generator/maskgit.yaml   optimizer, schedule, steps, batch size, EMA, precision
+#   modeling/maskgit.py (ImageBert)           label dropout (class_label_dropout 0.1), masking
+#   modeling/modules/losses.py (MLMLoss)      label smoothing 0.1, weight 0.1 on unmasked positions
+#   utils/train_utils.py                      no weight decay on vectors, norms, biases, embeddings
+#
+# The official config trains the L-32 generator; B-64 and S-128 (configs/infer/TiTok/titok_*.yaml) share
+# its schedule and differ in the model and the sampling settings of their grids.
+
+
+@dataclass(frozen=True)
+class GeneratorRecipe:
+    """Everything that decides the maths of generator training.
+
+    Args:
+        name: "<preset>/generator".
+        model: generator preset name (titok_core.GENERATOR_PRESETS); its codebook size and token
+            count must match the token dataset.
+        batch_size: global token sequences per optimizer step (all workers x accumulation).
+        max_steps: optimizer steps.
+        optimizer: AdamW and its cosine schedule with warm-up.
+        ema_decay: EMA of the weights (exported, used for the sample grids); None: no EMA.
+        mixed_precision: autocast dtype on GPU ("bf16", "fp16" with a grad scaler, "fp32"); CPU runs fp32.
+        label_dropout: probability of training a sequence without its class ("no class" token), which
+            classifier-free guidance needs; the exported config records it.
+        label_smoothing: cross-entropy label smoothing.
+        unmasked_weight: loss weight of the positions that were not masked (masked positions: 1).
+        sampling: titok_core.SAMPLING_PRESETS entry the sample grids use.
+        seed / log_every / image_every / num_images / checkpoint_every / keep_checkpoints /
+            shuffle_buffer: as in `Recipe` (a grid shows `num_images` classes).
+    """
+
+    name: str
+    model: str
+    batch_size: int
+    max_steps: int
+    optimizer: OptimizerConfig
+    ema_decay: float | None = 0.999
+    mixed_precision: str = "bf16"
+    label_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    unmasked_weight: float = 0.1
+    sampling: str = "L-32"
+    seed: int = 42
+    log_every: int = 50
+    image_every: int = 5_000
+    num_images: int = 8
+    # As for the tokenizer: checkpoints every 5k steps, so a worker failure costs minutes.
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 2
+    shuffle_buffer: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.model not in GENERATOR_PRESETS:
+            raise ValueError(f"unknown generator preset {self.model!r}; choose one of {sorted(GENERATOR_PRESETS)}")
+        if self.sampling not in SAMPLING_PRESETS:
+            raise ValueError(f"unknown sampling preset {self.sampling!r}; choose one of {sorted(SAMPLING_PRESETS)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision {self.mixed_precision!r}: use one of {MIXED_PRECISIONS}")
+        for name in ("label_dropout", "label_smoothing", "unmasked_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name)} must be in [0, 1]")
+        for name in ("batch_size", "max_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def generator_config(self) -> AnyGeneratorConfig:
+        """The model this recipe trains: its preset with the recipe's label dropout."""
+        return dataclasses.replace(GENERATOR_PRESETS[self.model], label_dropout=self.label_dropout)
+
+    def with_overrides(self, **changes: Any) -> "GeneratorRecipe":
+        """A copy with the fields the CLI may change (max_steps, batch_size)."""
+        bad = set(changes) - {"max_steps", "batch_size"}
+        if bad:
+            raise ValueError(f"recipe fields {sorted(bad)} are not overridable; add a recipe in pipelines/train/recipes.py")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GeneratorRecipe":
+        return cls(**{**d, "optimizer": OptimizerConfig(**d["optimizer"])})
+
+
+_GENERATOR_OPT = OptimizerConfig(lr=2e-4, betas=(0.9, 0.96), weight_decay=0.03, eps=1e-8, warmup_steps=10_000,
+                                 end_lr=1e-5, max_grad_norm=1.0)
+
+
+def _paper_generator(model: str) -> GeneratorRecipe:
+    return GeneratorRecipe(name=f"{model}/generator", model=model, batch_size=2048, max_steps=500_000,
+                           optimizer=_GENERATOR_OPT, ema_decay=0.999, mixed_precision="bf16", label_dropout=0.1,
+                           label_smoothing=0.1, unmasked_weight=0.1, sampling=model)
+
+
+# The debug recipe: the `debug` generator (width 64, 2 layers) on a 2-core CPU, seconds per run. Its
+# lr is 15x the official one: at 2e-4 the tiny model's loss falls by only 0.5 in 40 steps, at 3e-3
+# by 4 (same betas, measured on the debug tokenizer's tokens). Grids use the L-32 sampling settings
+# (the debug tokenizer has 32 tokens too).
+_DEBUG_GENERATOR = GeneratorRecipe(
+    name="debug/generator", model="debug", batch_size=8, max_steps=60,
+    optimizer=dataclasses.replace(_GENERATOR_OPT, lr=3e-3, warmup_steps=5, end_lr=3e-4),
+    ema_decay=0.9, mixed_precision="bf16", sampling="L-32", log_every=5, image_every=20, num_images=2,
+    checkpoint_every=20, keep_checkpoints=2, shuffle_buffer=16,
+)
+
+GENERATOR_RECIPES: dict[str, GeneratorRecipe] = {
+    "L-32": _paper_generator("L-32"), "B-64": _paper_generator("B-64"), "S-128": _paper_generator("S-128"),
+    "debug": _DEBUG_GENERATOR,
+}
+
+
+def get_generator_recipe(preset: str) -> GeneratorRecipe:
+    if preset not in GENERATOR_RECIPES:
+        raise ValueError(f"--preset {preset!r}: choose one of {sorted(GENERATOR_RECIPES)}")
+    return GENERATOR_RECIPES[preset]

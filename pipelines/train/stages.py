@@ -16,6 +16,7 @@ Legend: B micro-batch, H W crop, g proxy grid side, C tokenizer codebook size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,15 +40,22 @@ from titok_core.metrics import codebook_stats, psnr
 
 from ..preprocess import to_model_input, to_uint8
 from ..runtime import load_model_uri, perceptual_loss
+from ..schema import DatasetMetadata
+from .data import ViewSampler
 from .optim import ScheduledOptimizer, autocast, no_sync, wrap_ddp
 from .recipes import Recipe
+
+BatchSampler = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 class TrainTask(Protocol):
     """What the shared loop (loop.py) needs from a training task."""
 
     metrics: list[str]  # the per-step metric names, in the order the CSV shows them
-    with_codes: bool  # whether batches must carry the chosen views' proxy codes
+
+    def batch_sampler(self, metadata: DatasetMetadata) -> BatchSampler:
+        """The task's batch source: (raw dataset batch, epoch) -> the batch `train_step` takes
+        (run by `data.iterate_batches` in its decode threads)."""
 
     def train_step(self, batches: list[dict[str, np.ndarray]], step: int) -> dict[str, Tensor]:
         """One optimizer step over micro-batches (gradient accumulation); per-step metric tensors."""
@@ -55,8 +63,8 @@ class TrainTask(Protocol):
     def log_metrics(self) -> dict[str, float]:
         """Metrics known only at a log step (learning rates, window statistics), reduced over workers."""
 
-    def grid(self, batch: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, outputs) uint8 NHWC for an image grid."""
+    def grid(self, batch: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(inputs, outputs) uint8 NHWC for an image grid; None: this run draws no grids."""
 
     def export_model(self) -> nn.Module:
         """The model to save at the end (the EMA weights when the recipe keeps an EMA)."""
@@ -93,6 +101,11 @@ class Stage1Task:
         self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
         self.code_counts = torch.zeros(cfg.codebook_size, dtype=torch.float64, device=device)
         self._teacher: MaskGITVQGAN | None = None
+
+    def batch_sampler(self, metadata: DatasetMetadata) -> ViewSampler:
+        """A stored view's crop and its teacher codes."""
+        return ViewSampler(self.recipe.seed, metadata.crop_size, with_codes=self.with_codes,
+                           codebook_size=metadata.proxy_codebook_size)
 
     def train_step(self, batches: list[dict[str, np.ndarray]], step: int) -> dict[str, Tensor]:
         sums: dict[str, Tensor] = {}
@@ -186,6 +199,10 @@ class Stage2Task:
         self.lecam = LeCamEMA(self.gan.lecam_ema_decay).to(device)
         self.perceptual = perceptual_loss(self.gan.perceptual, pretrained_backbones, lpips_weights,
                                           convnext_weights, self.gan.perceptual_resize).to(device)
+
+    def batch_sampler(self, metadata: DatasetMetadata) -> ViewSampler:
+        """A stored view's crop (no codes: stage 2 trains on pixels)."""
+        return ViewSampler(self.recipe.seed, metadata.crop_size, with_codes=self.with_codes)
 
     def _gan_on(self, step: int) -> bool:
         return step >= self.gan.discriminator_start and self.gan.discriminator_factor > 0
