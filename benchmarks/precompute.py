@@ -19,6 +19,7 @@ import argparse
 import os
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -43,6 +44,32 @@ def codes_bytes_per_view(out: Path) -> tuple[float, float]:
                 codes += col.total_compressed_size if col.path_in_schema.startswith("proxy_codes") else 0
         views += sum(len(v) for v in pq.read_table(f, columns=["view_flips"]).column(0).to_pylist())
     return codes / views, rows_bytes / views
+
+
+def check_cost(teacher: torch.nn.Module, batch_size: int, repeats: int = 3) -> None:
+    """What the bf16 agreement check costs: each model actor runs its first CHECK batches once more in
+    fp32, so its share of the model's time falls with the batches an actor encodes."""
+    import inspect
+
+    from pipelines.encode.model import EncodeViews
+    check = inspect.signature(EncodeViews.__init__).parameters["bf16_check_batches"].default
+    x = torch.rand(batch_size, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+
+    def seconds(bf16: bool) -> float:
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                teacher.encode(x)
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+
+    fp32, bf16 = seconds(False), seconds(True)
+    print(f"  bf16 check: {check} fp32 batches per model actor ({fp32:.2f} s each vs {bf16:.2f} s in bf16); "
+          "share of an actor's model time:")
+    for batches in (6, 100, 1000, 5000):
+        share = check * fp32 / (check * fp32 + batches * bf16)
+        print(f"    {batches:5d} batches per actor ({batches * batch_size:7d} images): {share:6.2%}")
 
 
 def main() -> None:
@@ -88,6 +115,8 @@ def main() -> None:
     print(f"  proxy_codes on disk: {codes_b:.0f} bytes per view (bound: 320 = 256 codes x 10 bits; "
           f"uint16 raw 512); whole row incl. the stored base image: {row_b:.0f} bytes per view")
     print(f"  job / loop, steady state   {job_rate / loop_rate:.2f}x")
+    if bf16:
+        check_cost(teacher, args.batch_size)
     shutil.rmtree(work, ignore_errors=True)
 
 
