@@ -113,30 +113,40 @@ def first(metrics: list[dict[str, Any]], key: str) -> float | None:
     return values[0] if values else None
 
 
-def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
+# One colour per series across both panels (matplotlib's cycle restarts on every axes).
+SERIES_COLOURS = {"loss": "tab:blue", "accuracy": "tab:orange", "l2_loss": "tab:green",
+                  "perceptual_loss": "tab:red", "gan_loss": "tab:purple"}
+
+
+def loss_figure(stage1: list[dict], stage2: list[dict]):
+    """The two panels of loss_curves.png; each panel's legend sits under its axes, clear of the titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
 
-    def plot(ax, metrics: list[dict], key: str, **kw) -> None:
+    def plot(ax, metrics: list[dict], key: str) -> list:
         pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), label=key, **kw)
+        return ax.plot(*zip(*pts), label=key, color=SERIES_COLOURS[key]) if pts else []
 
-    plot(axes[0], stage1, "loss")
     acc = axes[0].twinx()  # accuracy is in [0, 1], the loss in nats: two scales
-    plot(acc, stage1, "accuracy", color="tab:orange")
+    panels = [(axes[0], plot(axes[0], stage1, "loss") + plot(acc, stage1, "accuracy")),
+              (axes[1], [line for key in ("l2_loss", "perceptual_loss", "gan_loss") for line in plot(axes[1], stage2, key)])]
     axes[0].set_title("stage 1: proxy codes")
     axes[0].set_ylabel("cross-entropy + quantizer loss")
     acc.set_ylabel("proxy-code accuracy")
-    for key in ("l2_loss", "perceptual_loss", "gan_loss"):
-        plot(axes[1], stage2, key)
     axes[1].set_title("stage 2: pixels")
-    for ax in (axes[0], acc, axes[1]):
+    for ax, lines in panels:
         ax.set_xlabel("step")
-    fig.legend(loc="upper center", ncol=5, fontsize=8)
+        if lines:
+            ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
+    import matplotlib.pyplot as plt
+    fig = loss_figure(stage1, stage2)
     path = out / "loss_curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -74,3 +74,21 @@ def test_demo_pretrained_offline_says_what_it_needs(tmp_path, capsys, monkeypatc
     assert demo_main(["--pretrained", "--output", str(tmp_path / "pre")]) == 2
     err = capsys.readouterr().err
     assert "tokenizer_titok_l32.bin" in err and "TOKENIZER=" in err and len(err.strip().splitlines()) == 1
+
+
+def test_loss_curves_one_colour_per_series_and_legends_clear_of_titles():
+    import matplotlib.pyplot as plt
+
+    from pipelines.demo_report import loss_figure
+    s1 = [{"step": s, "loss": 5.0 / s, "accuracy": s / 100} for s in range(1, 50, 10)]
+    s2 = [{"step": s, "l2_loss": 1.0 / s, "perceptual_loss": 0.5 / s, "gan_loss": 0.1} for s in range(1, 20, 4)]
+    fig = loss_figure(s1, s2)
+    fig.canvas.draw()
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 5 and len({line.get_color() for line in lines}) == 5
+    render = fig.canvas.get_renderer()
+    titles = [ax.title.get_window_extent(render) for ax in fig.axes if ax.get_title()]
+    legends = [ax.get_legend().get_window_extent(render) for ax in fig.axes if ax.get_legend()]
+    assert len(titles) == 2 and len(legends) == 2
+    assert not any(t.overlaps(leg) for t in titles for leg in legends)
+    plt.close(fig)
