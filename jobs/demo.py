@@ -36,6 +36,7 @@ from pipelines.demo_data import write_demo_images  # noqa: E402
 from pipelines.demo_report import (  # noqa: E402
     RULE,
     DemoConfig,
+    attach_comparison,
     demo_teacher,
     image_list,
     pretrained_lpips_available,
@@ -118,8 +119,9 @@ def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crop
             f"huggingface.co, or download it elsewhere and run: make demo-pretrained TOKENIZER=/path/to/"
             "tokenizer_titok_l32.bin") from None
     grid, psnr, n = reconstruct_photos(model, out, photos, crops)
-    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {n} crops: "
-          f"mean PSNR {psnr:.2f} dB\n  {grid}   inputs | reconstructions\n{RULE}")
+    both = attach_comparison(out)  # next to `make demo`'s tokenizer when that ran too
+    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {n} crops: mean PSNR {psnr:.2f} dB"
+          f"\n  {grid}   inputs | reconstructions\n" + (f"  {both}   input | demo | L-32\n" if both else "") + RULE)
     return grid
 
 

@@ -4,6 +4,7 @@
     write_report        report.md + reconstructions.png (inputs | reconstructions) + loss_curves.png
                         from the outputs of the jobs the demo ran
     reconstruct_photos  the sample photos through a released tokenizer (make demo-pretrained)
+    attach_comparison   both runs side by side in the demo's report, whichever of them ran last
 
 jobs/demo.py runs the real jobs in order; everything here only reads what they wrote.
 """
@@ -239,14 +240,23 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     assert curves.exists() and grid.exists()
+    attach_comparison(out)
     return report
 
 
 # ------------------------------------------------------------------------------------ pretrained
+PRETRAINED_SUFFIX = "-pretrained"  # make demo -> runs/demo, make demo-pretrained -> runs/demo-pretrained
+COMPARISON_HEADER = "## Next to the released TiTok-L-32"
+
+
 def reconstruct_photos(model: torch.nn.Module, out: Path, photos: int | None, crops: int) -> tuple[Path, float, int]:
-    """The demo photos' centre crops through `model` (encode -> decode): (grid path, mean PSNR, images)."""
+    """The demo photos' centre crops through `model` (encode -> decode): (grid path, mean PSNR, images).
+
+    Also writes reconstructions.npz (keys, inputs, reconstructions) and summary.json, which the demo's
+    report reads to put this run next to its own (`attach_comparison`)."""
     folder = write_demo_images(out / "images", photos, crops)
-    inp = np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER) for p in sorted(folder.rglob("*.png"))])
+    files = sorted(folder.rglob("*.png"))
+    inp = np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER) for p in files])
     rec = []
     with torch.inference_mode():
         for i in range(0, len(inp), 4):
@@ -257,4 +267,58 @@ def reconstruct_photos(model: torch.nn.Module, out: Path, photos: int | None, cr
     grid = np.concatenate([np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)], axis=0)  # input | recon rows
     path = out / "reconstructions.png"
     Image.fromarray(grid).save(path)
+    keys = [p.relative_to(folder).with_suffix("").as_posix() for p in files]  # = the demo's sample keys
+    np.savez_compressed(out / "reconstructions.npz", keys=np.array(keys), inputs=inp, reconstructions=rec)
+    (out / "summary.json").write_text(json.dumps({"tokens": int(model.config.num_latent_tokens), "images": len(inp),
+                                                  "psnr_db": round(psnr, 2)}, indent=2))
     return path, psnr, len(inp)
+
+
+def paired_run(out: Path) -> Path:
+    """The other run of the pair: runs/demo <-> runs/demo-pretrained."""
+    name = out.name
+    other = name[: -len(PRETRAINED_SUFFIX)] if name.endswith(PRETRAINED_SUFFIX) else name + PRETRAINED_SUFFIX
+    return out.parent / other
+
+
+def attach_comparison(run: Path, n: int = 8) -> Path | None:
+    """`run` is either of the pair (runs/demo, runs/demo-pretrained). When both exist: side_by_side.png
+    in the demo's folder (input | the demo's tokenizer | the released L-32, the same photos) and a
+    section at the end of the demo's report.md. None if the other run is missing, or they share no
+    photos (e.g. the demo ran on --images)."""
+    from titok_core import load_model
+    demo, pretrained = (paired_run(run), run) if run.name.endswith(PRETRAINED_SUFFIX) else (run, paired_run(run))
+    if not ((demo / "report.md").exists() and (demo / "tokens").is_dir() and (pretrained / "summary.json").exists()):
+        return None
+    pre = np.load(pretrained / "reconstructions.npz")
+    tokens = pd.read_parquet(demo / "tokens", columns=["key", "tokens"]).set_index("key")
+    both = [i for i, k in enumerate(pre["keys"]) if k in tokens.index][:n]
+    if not both:
+        return None
+    keys = [str(pre["keys"][i]) for i in both]
+    model = load_model(demo / "stage2" / "model")
+    tok = torch.tensor(np.stack([np.stack(tokens.loc[k, "tokens"])[0] for k in keys]).astype(np.int64))
+    with torch.inference_mode():
+        ours = to_uint8(model.decode_tokens(tok, clamp=True))  # at the demo's resolution
+    side = pre["inputs"].shape[1]
+    ours_inputs = np.stack([np.asarray(Image.fromarray(a).resize(ours.shape[1:3], Image.BICUBIC)) for a in pre["inputs"][both]])
+    ours_psnr = float(psnr_db(torch.from_numpy(ours_inputs), torch.from_numpy(ours), max_value=255))
+    pre_psnr = float(psnr_db(torch.from_numpy(pre["inputs"][both]), torch.from_numpy(pre["reconstructions"][both]), max_value=255))
+    big = [np.asarray(Image.fromarray(a).resize((side, side), Image.NEAREST)) for a in ours]  # its pixels, enlarged
+    rows = [np.concatenate([pre["inputs"][i], b, pre["reconstructions"][i]], axis=1) for i, b in zip(both, big)]
+    path = demo / "side_by_side.png"
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    summary = json.loads((pretrained / "summary.json").read_text())
+    section = [
+        COMPARISON_HEADER, "",
+        f"The same {len(both)} photos (centre crops), from `{pretrained}` (make demo-pretrained).",
+        "Columns: input | this demo's tokenizer (trained here, its pixels enlarged) | the released TiTok-L-32.", "",
+        "| tokenizer | resolution | PSNR on these photos |", "|---|---|---|",
+        f"| this demo | {ours.shape[1]} px | {ours_psnr:.2f} dB |",
+        f"| released TiTok-L-32 ({summary['tokens']} tokens) | {side} px | {pre_psnr:.2f} dB |",
+        "", "![side by side](side_by_side.png)", "",
+    ]
+    report = demo / "report.md"
+    text = report.read_text().split(COMPARISON_HEADER)[0].rstrip("\n")
+    report.write_text(text + "\n\n" + "\n".join(section))
+    return path

@@ -38,6 +38,18 @@ def test_demo_end_to_end_writes_report_and_pictures(ray_local, tmp_path, monkeyp
     assert Image.open(out / "loss_curves.png").size[0] >= 600
     for d in ("proxy", "tokens", "stage1/model", "stage2/model"):
         assert (out / d).is_dir()
+    assert not (out / "side_by_side.png").exists()  # no pretrained run yet
+
+    # then `make demo-pretrained` (a tiny stand-in for the released L-32): both side by side in the report
+    path = tiny_released_l32(tmp_path)
+    assert demo_main(["--pretrained", "--tokenizer", str(path), "--output", str(tmp_path / "demo-pretrained"),
+                      "--photos", "3", "--crops", "4"]) == 0
+    assert "side_by_side.png" in capsys.readouterr().out
+    text = report.read_text()
+    assert text.count("## Next to the released TiTok-L-32") == 1
+    ours, released = (float(x) for x in re.findall(r"\| (?:this demo|released TiTok-L-32 .*?) \| \d+ px \| ([0-9.]+) dB \|", text))
+    assert 0 < ours < 100 and 0 < released < 100
+    assert Image.open(out / "side_by_side.png").size == (3 * 256, 8 * 256)  # input | demo | L-32, 8 photos
 
 
 def test_demo_with_the_users_folder(ray_local, tmp_path, monkeypatch):
@@ -53,14 +65,20 @@ def test_demo_with_the_users_folder(ray_local, tmp_path, monkeypatch):
     assert "| precompute_proxy | 12 | 0 |" in (out / "report.md").read_text()
 
 
-def test_demo_pretrained_reconstructs_with_a_given_tokenizer(tmp_path, capsys):
-    """demo-pretrained with a local file in the official format (a small stand-in for tokenizer_titok_l32.bin)."""
+def tiny_released_l32(folder):
+    """A small random TiTokReleased in the official .bin format, standing in for tokenizer_titok_l32.bin."""
     torch.manual_seed(0)
     cfg = TiTokConfig(enc_width=512, enc_layers=1, enc_heads=8, dec_width=512, dec_layers=1, dec_heads=8,
                       num_latent_tokens=32, pixel_vqgan=VQGAN_PRESETS["debug"])
     model = TiTokReleased(cfg, pixel=ProxyPixelDecoder.from_teacher(MaskGITVQGAN(cfg.pixel_vqgan)))
-    path = tmp_path / "tokenizer_titok_l32.bin"
+    path = folder / "tokenizer_titok_l32.bin"
     torch.save({ours_to_official(k, True): v for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def test_demo_pretrained_reconstructs_with_a_given_tokenizer(tmp_path, capsys):
+    """demo-pretrained with a local file in the official format (a small stand-in for tokenizer_titok_l32.bin)."""
+    path = tiny_released_l32(tmp_path)
     out = tmp_path / "pre"
     assert demo_main(["--pretrained", "--tokenizer", str(path), "--output", str(out), "--photos", "2", "--crops", "1"]) == 0
     printed = capsys.readouterr().out
