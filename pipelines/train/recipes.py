@@ -231,14 +231,14 @@ _DEBUG_STAGE2 = Recipe(
 _DEMO_OPT = OptimizerConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-4, warmup_steps=10, end_lr=1e-4,
                             max_grad_norm=1.0)
 _DEMO_STAGE1 = Recipe(
-    name="demo/stage1", stage=1, model="demo", batch_size=16, max_steps=300, optimizer=_DEMO_OPT, ema_decay=None,
-    mixed_precision="bf16", log_every=10, image_every=100, num_images=4, checkpoint_every=100, keep_checkpoints=1,
+    name="demo/stage1", stage=1, model="demo", batch_size=16, max_steps=500, optimizer=_DEMO_OPT, ema_decay=None,
+    mixed_precision="bf16", log_every=10, image_every=250, num_images=4, checkpoint_every=250, keep_checkpoints=1,
     shuffle_buffer=64,
 )
 _DEMO_STAGE2 = Recipe(
     name="demo/stage2", stage=2, model="demo", batch_size=16, max_steps=300, optimizer=_DEMO_OPT, ema_decay=None,
-    mixed_precision="bf16", quantizer_weight=0.0, log_every=10, image_every=100, num_images=4,
-    checkpoint_every=100, keep_checkpoints=1, shuffle_buffer=64,
+    mixed_precision="bf16", quantizer_weight=0.0, log_every=10, image_every=150, num_images=4,
+    checkpoint_every=150, keep_checkpoints=1, shuffle_buffer=64,
     gan=GANConfig(perceptual="lpips", perceptual_weight=0.0, discriminator_start=1_000_000,
                   discriminator=DISCRIMINATOR_PRESETS["debug"],
                   discriminator_optimizer=OptimizerConfig(lr=1e-4, warmup_steps=0, end_lr=1e-5)),
