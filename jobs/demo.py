@@ -1,10 +1,10 @@
 """The whole system end to end on a small real dataset: shards -> proxy codes -> stage 1 -> stage 2 -> tokens -> report.
 
-Runs on the embedded default: a local Ray (CPU, or GPU if there is one), the `debug` model and
-crops of scikit-image's public-domain sample photos (or your folder with --images). The official
-MaskGIT-VQGAN teacher is used when it can be downloaded (cached); offline, a small random teacher
-stands in and the report says so. With --pretrained it instead reconstructs the sample photos with
-the released TiTok-L-32 tokenizer, and says what it needs when that cannot be downloaded.
+Runs on the embedded default, offline: a local Ray (CPU, or GPU if there is one), crops of
+scikit-image's public-domain sample photos (or your folder with --images) at 32 px, a small teacher
+trained here first, and the `demo` model and recipes (the official ones are 256 px and need days of
+GPUs; report.md says what differs and why). With --pretrained it instead reconstructs the sample
+photos with the released TiTok-L-32 tokenizer, and says what it needs when that cannot be downloaded.
 
 Every step is the real job's `main(argv)`, in one local Ray session. Output in `runs/demo/`:
 report.md, reconstructions.png (inputs | reconstructions), loss_curves.png, the Parquet datasets,
@@ -36,13 +36,15 @@ from pipelines.demo_data import write_demo_images  # noqa: E402
 from pipelines.demo_report import (  # noqa: E402
     RULE,
     DemoConfig,
-    demo_teacher,
+    attach_comparison,
+    batch_args,
     image_list,
-    pretrained_lpips_available,
+    perceptual_backbones,
     reconstruct_photos,
     say,
     write_report,
 )
+from pipelines.demo_teacher import demo_teacher  # noqa: E402
 
 
 def timed(cfg: DemoConfig, name: str, fn: Callable[[], int]) -> None:
@@ -66,36 +68,33 @@ def run_demo(cfg: DemoConfig) -> Path:
     timed(cfg, "make_shards", lambda: make_shards(
         [*source, "--output", str(out / "shards"), "--samples-per-shard", str(cfg.samples_per_shard), "--overwrite"]))
 
-    teacher, official = demo_teacher(out)
+    teacher, teacher_psnr = demo_teacher(cfg, out, Path(source[0]))
     say("2/6 precomputing proxy codes with the teacher (jobs/precompute_proxy.py)")
     timed(cfg, "precompute_proxy", lambda: precompute(
-        ["--input", str(out / "shards"), "--output", str(out / "proxy"), "--teacher", teacher,
-         "--views", "offsets-2", "--num-classes", "100000", "--batch-size", "16"]))
+        ["--input", str(out / "shards"), "--output", str(out / "proxy"), "--teacher", teacher, "--resolution",
+         str(cfg.resolution), "--views", cfg.views, "--num-classes", "100000", "--batch-size", "16"]))
 
     steps1 = ["--steps", str(cfg.stage1_steps)] if cfg.stage1_steps else []
-    say("3/6 stage 1: TiTok learns the proxy codes (jobs/train_tokenizer.py --stage 1 --preset debug)")
+    say(f"3/6 stage 1: TiTok learns the proxy codes (jobs/train_tokenizer.py --stage 1 --preset {cfg.preset})")
     timed(cfg, "train_stage1", lambda: train(
-        ["--stage", "1", "--preset", "debug", "--data", str(out / "proxy"), "--output", str(out / "stage1"),
-         "--teacher", teacher, "--num-workers", str(cfg.workers), *steps1]))
+        ["--stage", "1", "--preset", cfg.preset, "--data", str(out / "proxy"), "--output", str(out / "stage1"),
+         "--teacher", teacher, "--num-workers", str(cfg.workers), *steps1, *batch_args(cfg, out, 1)]))
 
-    lpips_ok = pretrained_lpips_available()
-    if not lpips_ok:
-        say("The pretrained LPIPS (VGG16) weights are not available offline: stage 2 uses randomly\n"
-            "       initialised perceptual backbones (--random-backbones); pass --lpips-weights on a real run.")
+    backbones, perceptual = perceptual_backbones(cfg.preset)
     steps2 = ["--steps", str(cfg.stage2_steps)] if cfg.stage2_steps else []
-    say("4/6 stage 2: decoder fine-tuning on pixels (jobs/train_tokenizer.py --stage 2 --preset debug)")
+    say(f"4/6 stage 2: decoder fine-tuning on pixels (jobs/train_tokenizer.py --stage 2 --preset {cfg.preset})")
     timed(cfg, "train_stage2", lambda: train(
-        ["--stage", "2", "--preset", "debug", "--data", str(out / "proxy"), "--init", str(out / "stage1" / "model"),
+        ["--stage", "2", "--preset", cfg.preset, "--data", str(out / "proxy"), "--init", str(out / "stage1" / "model"),
          "--output", str(out / "stage2"), "--teacher", teacher, "--num-workers", str(cfg.workers), *steps2,
-         *([] if lpips_ok else ["--random-backbones"])]))
+         *backbones, *batch_args(cfg, out, 2)]))
 
     say("5/6 tokenizing the dataset with the trained tokenizer (jobs/tokenize_dataset.py)")
     timed(cfg, "tokenize", lambda: tokenize(
         ["--input", str(out / "proxy"), "--output", str(out / "tokens"), "--tokenizer", str(out / "stage2" / "model"),
-         "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
+         "--resolution", str(cfg.resolution), "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
 
     say("6/6 writing the report")
-    report = write_report(cfg, out, official_teacher=official, pretrained_lpips=lpips_ok)
+    report = write_report(cfg, out, teacher_psnr=teacher_psnr, perceptual=perceptual)
     print(f"\n{RULE}\nDone. Look at:\n"
           f"  {report}\n  {out / 'reconstructions.png'}   inputs | reconstructions\n"
           f"  {out / 'loss_curves.png'}\n  {out}/proxy, {out}/tokens   Parquet (pandas, DuckDB, HF datasets)\n"
@@ -118,8 +117,9 @@ def run_pretrained(output: Path, tokenizer: str | None, photos: int | None, crop
             f"huggingface.co, or download it elsewhere and run: make demo-pretrained TOKENIZER=/path/to/"
             "tokenizer_titok_l32.bin") from None
     grid, psnr, n = reconstruct_photos(model, out, photos, crops)
-    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {n} crops: "
-          f"mean PSNR {psnr:.2f} dB\n  {grid}   inputs | reconstructions\n{RULE}")
+    both = attach_comparison(out)  # next to `make demo`'s tokenizer when that ran too
+    print(f"\n{RULE}\nTiTok-L-32 ({model.config.num_latent_tokens} tokens per image) on {n} crops: mean PSNR {psnr:.2f} dB"
+          f"\n  {grid}   inputs | reconstructions\n" + (f"  {both}   input | demo | L-32\n" if both else "") + RULE)
     return grid
 
 
@@ -129,8 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, default=None, help="your own image folder instead of the sample photos")
     p.add_argument("--photos", type=int, default=None, help="use only the first N sample photos")
     p.add_argument("--crops", type=int, default=4, help="crops per sample photo")
-    p.add_argument("--stage1-steps", type=int, default=None, help="override the debug stage-1 recipe's steps")
-    p.add_argument("--stage2-steps", type=int, default=None, help="override the debug stage-2 recipe's steps")
+    p.add_argument("--stage1-steps", type=int, default=None, help="override the demo stage-1 recipe's steps")
+    p.add_argument("--stage2-steps", type=int, default=None, help="override the demo stage-2 recipe's steps")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--pretrained", action="store_true", help="reconstruct the sample photos with the released L-32")
     p.add_argument("--tokenizer", default=None, help="with --pretrained: a local tokenizer_titok_l32.bin")

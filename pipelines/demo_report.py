@@ -1,9 +1,11 @@
 """What `make demo` (jobs/demo.py) shows: its settings, its stand-ins offline, and its report.
 
-    DemoConfig, demo_teacher, pretrained_lpips_available, image_list   what the demo runs with
+    DemoConfig, perceptual_backbones, image_list   what the demo runs with (its teacher:
+                        demo_teacher.py)
     write_report        report.md + reconstructions.png (inputs | reconstructions) + loss_curves.png
                         from the outputs of the jobs the demo ran
     reconstruct_photos  the sample photos through a released tokenizer (make demo-pretrained)
+    attach_comparison   both runs side by side in the demo's report, whichever of them ran last
 
 jobs/demo.py runs the real jobs in order; everything here only reads what they wrote.
 """
@@ -28,7 +30,6 @@ from titok_core.metrics import psnr as psnr_db
 from .demo_data import write_demo_images
 from .preprocess import CENTER, apply_view, decode_and_preprocess, decode_stored_image, to_model_input, to_uint8
 from .runtime import vgg16_weights
-from .storage import fetch_to_cache
 
 RULE = "-" * 78
 
@@ -41,9 +42,13 @@ class DemoConfig:
         output: where everything goes (runs/demo).
         images: a folder of the user's images instead of the bundled photos (ImageFolder or flat).
         photos / crops: how many bundled photos, and crops of each.
-        stage1_steps / stage2_steps: override the debug recipes' step counts (None: the recipe's).
+        stage1_steps / stage2_steps: override the demo recipes' step counts (None: the recipe's).
         workers: Ray Train workers.
         samples_per_shard: shard size (several shards show the per-shard commits).
+        preset: the model preset and recipes (`demo`: 32 px, see titok_core/presets.py).
+        resolution: image side the jobs resize and crop to (the preset's image_size).
+        views: the precomputed views of each image.
+        teacher_steps: training steps of the demo's own teacher (pipelines/demo_teacher.py).
     """
 
     output: Path
@@ -54,6 +59,10 @@ class DemoConfig:
     stage2_steps: int | None = None
     workers: int = 2
     samples_per_shard: int = 16
+    preset: str = "demo"
+    resolution: int = 32
+    views: str = "center-flip"
+    teacher_steps: int = 400
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,22 +81,6 @@ def image_list(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def demo_teacher(out: Path) -> tuple[str, bool]:
-    """The official MaskGIT-VQGAN if it can be downloaded (cached), else a small random one."""
-    from titok_core import OFFICIAL_URLS, VQGAN_PRESETS, MaskGITVQGAN, save_pretrained
-    try:
-        return fetch_to_cache(OFFICIAL_URLS["maskgit-vqgan"], what="MaskGIT-VQGAN teacher"), True
-    except RuntimeError as e:
-        say(f"The official teacher could not be downloaded ({str(e).split(' (')[0]}).\n"
-            "       Using a small RANDOM teacher so the pipeline still runs offline: its proxy codes and the\n"
-            "       reconstructions below show the machinery working, not a trained tokenizer's quality.")
-        torch.manual_seed(0)
-        path = out / "teacher-random"
-        if not (path / "config.json").exists():
-            save_pretrained(MaskGITVQGAN(VQGAN_PRESETS["debug"]), path)
-        return str(path), False
-
-
 def pretrained_lpips_available() -> bool:
     """Whether the LPIPS VGG16 weights can be had (cached, or downloadable)."""
     try:
@@ -95,6 +88,29 @@ def pretrained_lpips_available() -> bool:
         return True
     except RuntimeError:
         return False
+
+
+def perceptual_backbones(preset: str) -> tuple[list[str], str]:
+    """Stage 2's extra arguments for its perceptual backbones, and how the report names them. No
+    download when the recipe has no perceptual term; random backbones (said so) when offline."""
+    from .train.recipes import get_recipe
+    gan = get_recipe(2, preset).gan
+    if gan is not None and gan.perceptual_weight == 0:
+        return ["--random-backbones"], "none (no perceptual term in this recipe)"
+    if pretrained_lpips_available():
+        return [], "pretrained"
+    say("The pretrained LPIPS (VGG16) weights are not available offline: stage 2 uses randomly\n"
+        "       initialised perceptual backbones (--random-backbones); pass --lpips-weights on a real run.")
+    return ["--random-backbones"], "RANDOM (offline)"
+
+
+def batch_args(cfg: DemoConfig, out: Path, stage: int) -> list[str]:
+    """`--batch-size` for a folder smaller than the recipe's batch (a step needs that many images)."""
+    from .train.recipes import get_recipe
+    images = json.loads((out / "proxy" / "_summary.json").read_text())["images_total"]
+    if images >= get_recipe(stage, cfg.preset).batch_size:
+        return []
+    return ["--batch-size", str(max(cfg.workers, images - images % cfg.workers))]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -113,53 +129,77 @@ def first(metrics: list[dict[str, Any]], key: str) -> float | None:
     return values[0] if values else None
 
 
-def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
+# One colour per series across both panels (matplotlib's cycle restarts on every axes).
+SERIES_COLOURS = {"loss": "tab:blue", "accuracy": "tab:orange", "l2_loss": "tab:green",
+                  "perceptual_loss": "tab:red", "gan_loss": "tab:purple"}
+
+
+def loss_figure(stage1: list[dict], stage2: list[dict]):
+    """The two panels of loss_curves.png; each panel's legend sits under its axes, clear of the titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
 
-    def plot(ax, metrics: list[dict], key: str, **kw) -> None:
+    def plot(ax, metrics: list[dict], key: str) -> list:
         pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), label=key, **kw)
+        return ax.plot(*zip(*pts), label=key, color=SERIES_COLOURS[key]) if pts else []
 
-    plot(axes[0], stage1, "loss")
     acc = axes[0].twinx()  # accuracy is in [0, 1], the loss in nats: two scales
-    plot(acc, stage1, "accuracy", color="tab:orange")
+    panels = [(axes[0], plot(axes[0], stage1, "loss") + plot(acc, stage1, "accuracy")),
+              (axes[1], [line for key in ("l2_loss", "perceptual_loss", "gan_loss") for line in plot(axes[1], stage2, key)])]
     axes[0].set_title("stage 1: proxy codes")
     axes[0].set_ylabel("cross-entropy + quantizer loss")
     acc.set_ylabel("proxy-code accuracy")
-    for key in ("l2_loss", "perceptual_loss", "gan_loss"):
-        plot(axes[1], stage2, key)
     axes[1].set_title("stage 2: pixels")
-    for ax in (axes[0], acc, axes[1]):
+    for ax, lines in panels:
         ax.set_xlabel("step")
-    fig.legend(loc="upper center", ncol=5, fontsize=8)
+        if lines:
+            ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def loss_curves(out: Path, stage1: list[dict], stage2: list[dict]) -> Path:
+    import matplotlib.pyplot as plt
+    fig = loss_figure(stage1, stage2)
     path = out / "loss_curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def reconstructions(out: Path, n: int = 8) -> tuple[Path, float]:
-    """Inputs | reconstructions for the first n images (centre view), four pairs a row, and their mean PSNR."""
+DISPLAY = 256  # side of each picture in reconstructions.png; smaller images are enlarged (nearest)
+
+
+def enlarge(images: np.ndarray, side: int = DISPLAY) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (B, side, side, 3), each pixel a visible square (nearest neighbour)."""
+    if images.shape[1] >= side:
+        return images
+    return np.stack([np.asarray(Image.fromarray(a).resize((side, side), Image.NEAREST)) for a in images])
+
+
+def reconstructions(out: Path, n: int = 8) -> tuple[Path, float, int]:
+    """Inputs | reconstructions of n images (centre view; one per label first: different photos), four pairs a row, enlarged to
+    DISPLAY px; their mean PSNR (at the model's resolution); how many of them differ from each other."""
     from titok_core import load_model
     model = load_model(out / "stage2" / "model")
-    proxy = pd.read_parquet(out / "proxy", columns=["key", "image"]).sort_values("key").head(n)
+    proxy = pd.read_parquet(out / "proxy", columns=["key", "label", "image"]).sort_values("key")
+    proxy = pd.concat([proxy.drop_duplicates("label"), proxy]).drop_duplicates("key").head(n)  # photos first
     tokens = pd.read_parquet(out / "tokens", columns=["key", "tokens"]).set_index("key")
-    inp = np.stack([apply_view(decode_stored_image(b), CENTER) for b in proxy.image])
+    side = model.config.image_size
+    inp = np.stack([apply_view(decode_stored_image(b), CENTER, side) for b in proxy.image])
     tok = torch.tensor(np.stack([np.stack(tokens.loc[k, "tokens"])[0] for k in proxy.key]).astype(np.int64))
     with torch.inference_mode():
         rec = to_uint8(model.decode_tokens(tok, clamp=True))
     psnr = float(psnr_db(torch.from_numpy(inp), torch.from_numpy(rec), max_value=255))
-    pairs = [np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)]  # input | reconstruction
+    distinct = len({r.tobytes() for r in rec})
+    pairs = [np.concatenate([a, b], axis=1) for a, b in zip(enlarge(inp), enlarge(rec))]  # input | reconstruction
     pairs += [np.zeros_like(pairs[0])] * (-len(pairs) % 4)
     grid = np.concatenate([np.concatenate(pairs[i : i + 4], axis=1) for i in range(0, len(pairs), 4)], axis=0)
     path = out / "reconstructions.png"
     Image.fromarray(grid).save(path)
-    return path, psnr
+    return path, psnr, distinct
 
 
 def token_stats(out: Path, codebook_size: int) -> dict[str, float]:
@@ -167,18 +207,44 @@ def token_stats(out: Path, codebook_size: int) -> dict[str, float]:
     flat = np.concatenate([np.stack(t).reshape(-1) for t in df.tokens])
     counts = np.bincount(flat, minlength=codebook_size)
     p = counts[counts > 0] / counts.sum()
+    firsts = {np.asarray(t[0]).tobytes() for t in df.tokens}  # each image's first view
     return {"sequences": int(sum(len(t) for t in df.tokens)), "tokens_per_sequence": int(len(df.tokens.iloc[0][0])),
+            "images": len(df), "distinct_sequences": len(firsts),
             "distinct": int((counts > 0).sum()), "codebook_size": codebook_size,
             "perplexity": float(math.exp(-(p * np.log(p)).sum()))}
 
 
-def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_lpips: bool) -> Path:
+def settings_text(cfg: DemoConfig, teacher_psnr: float) -> list[str]:
+    """What the demo trains, and why it is not the official 256-px pipeline."""
+    from titok_core import PRESETS
+    m = PRESETS[cfg.preset]
+    return [
+        "## The demo's settings, and why", "",
+        f"The jobs default to the paper's pipeline: 256-px images, the official MaskGIT-VQGAN teacher and a "
+        f"ViT of width 512 to 1024. None of that trains on a 2-core CPU in minutes, so the demo runs the same "
+        f"jobs with `--resolution {cfg.resolution}` and `--preset {cfg.preset}`:",
+        f"- images resized and cropped to {m.image_size} px (views {cfg.views}); `reconstructions.png` enlarges "
+        "them (each square is one pixel);",
+        f"- a teacher trained here ({cfg.teacher_steps} steps, a 3-level MaskGIT-VQGAN with an "
+        f"{m.image_size // m.pixel_vqgan.downsample_factor}x{m.image_size // m.pixel_vqgan.downsample_factor} grid "
+        f"of {m.pixel_vqgan.codebook_size} codes; its own reconstructions: {teacher_psnr:.2f} dB) instead of the "
+        "official one, which is 256-px only. A tokenizer learns no more than its teacher's codes hold;",
+        f"- TiTok with {m.enc_patch_size}-px patches, width {m.enc_width}, {m.enc_layers} layers, "
+        f"{m.num_latent_tokens} tokens from a codebook of {m.codebook_size} x {m.token_size}, weights initialised "
+        f"with std {m.init_std} instead of the official 0.02: at this width the official init leaves the "
+        "encoder's output almost independent of the image and every image collapses onto one token sequence;",
+        "- the `demo` recipes (pipelines/train/recipes.py): stage 1 AdamW lr 1e-3, batch 16; stage 2 pixel L2 "
+        "only (no perceptual term, no GAN: too few steps for them to help). The official recipes are unchanged.", "",
+    ]
+
+
+def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: str) -> Path:
     from titok_core import load_model
     precompute = json.loads((out / "proxy" / "_summary.json").read_text())
     tokenize = json.loads((out / "tokens" / "_summary.json").read_text())
     s1, s2 = read_metrics(out / "stage1"), read_metrics(out / "stage2")
     curves = loss_curves(out, s1, s2)
-    grid, psnr = reconstructions(out)
+    grid, psnr, distinct = reconstructions(out)
     model = load_model(out / "stage2" / "model")
     toks = token_stats(out, model.config.codebook_size)
     codes = np.concatenate([np.stack(c).reshape(-1) for c in pd.read_parquet(out / "proxy", columns=["proxy_codes"]).proxy_codes])
@@ -194,14 +260,16 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
         "| step | what | wall time |", "|---|---|---|",
         f"| make_shards | {'your images' if cfg.images else 'crops of scikit-image sample photos'} -> "
         f"{len(list((out / 'shards').glob('*.tar')))} WebDataset shards | {cfg.timings.get('make_shards', 0):.1f} s |",
-        f"| precompute_proxy | teacher: {'official MaskGIT-VQGAN' if official_teacher else 'small RANDOM MaskGIT-VQGAN (offline)'}, "
-        f"views offsets-2 | {cfg.timings.get('precompute_proxy', 0):.1f} s |",
-        f"| train stage 1 | debug preset, {last(s1, 'step')} steps, {cfg.workers} Ray Train workers | "
+        f"| train teacher | {cfg.teacher_steps} steps, {cfg.resolution} px (pipelines/demo_teacher.py) | "
+        f"{cfg.timings.get('teacher', 0):.1f} s |",
+        f"| precompute_proxy | teacher: the one trained above, {cfg.resolution} px, views {cfg.views} | "
+        f"{cfg.timings.get('precompute_proxy', 0):.1f} s |",
+        f"| train stage 1 | {cfg.preset} preset, {last(s1, 'step')} steps, {cfg.workers} Ray Train workers | "
         f"{cfg.timings.get('train_stage1', 0):.1f} s |",
-        f"| train stage 2 | debug preset, {last(s2, 'step')} steps, perceptual backbones "
-        f"{'pretrained' if pretrained_lpips else 'RANDOM (offline)'} | {cfg.timings.get('train_stage2', 0):.1f} s |",
+        f"| train stage 2 | {cfg.preset} preset, {last(s2, 'step')} steps, perceptual backbones: {perceptual} | "
+        f"{cfg.timings.get('train_stage2', 0):.1f} s |",
         f"| tokenize | stage-2 model, views center-flip, every image verified | {cfg.timings.get('tokenize', 0):.1f} s |",
-        "", "## Counts and throughput", "",
+        "", *settings_text(cfg, teacher_psnr), "## Counts and throughput", "",
         "| stage | images | quarantined | images/s |", "|---|---|---|---|",
         f"| precompute_proxy | {precompute['images_total']} | {precompute['errors_total']} | {precompute['images_per_s']} |",
         f"| train stage 1 | | | {fmt(last(s1, 'images_per_s'), '.1f')} |",
@@ -214,12 +282,14 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
         f"- stage 2 reconstruction (L2) loss: {fmt(first(s2, 'l2_loss'))} -> {fmt(last(s2, 'l2_loss'))}; "
         f"training PSNR {fmt(first(s2, 'psnr'), '.2f')} -> {fmt(last(s2, 'psnr'), '.2f')} dB",
         "", "## Reconstructions", "",
-        f"- PSNR of the 8 reconstructions in `reconstructions.png`: {psnr:.2f} dB",
+        f"- PSNR of the {min(8, toks['images'])} reconstructions in `reconstructions.png`: {psnr:.2f} dB; "
+        f"{distinct} of them differ from each other",
         f"- PSNR over every image (tokenize --verify-fraction 1): {tokenize['verify']['psnr_db']} dB; "
         f"LPIPS: {tokenize['verify']['lpips'] if tokenize['verify']['lpips'] is not None else 'n/a (weights offline)'}",
         "", "![reconstructions](reconstructions.png)", "", "![loss curves](loss_curves.png)", "",
         "## Tokens", "",
-        f"- {toks['sequences']} sequences of {toks['tokens_per_sequence']} tokens",
+        f"- {toks['sequences']} sequences of {toks['tokens_per_sequence']} tokens; "
+        f"{toks['distinct_sequences']} distinct sequences over the {toks['images']} images (first view)",
         f"- {toks['distinct']} of {toks['codebook_size']} codebook entries used, perplexity {toks['perplexity']:.1f}",
         "", "## Outputs", "",
         "- `proxy/`, `tokens/`: Parquet datasets (+ `_summary.json`, `_errors/`, `_success/`)",
@@ -229,14 +299,23 @@ def write_report(cfg: DemoConfig, out: Path, official_teacher: bool, pretrained_
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     assert curves.exists() and grid.exists()
+    attach_comparison(out)
     return report
 
 
 # ------------------------------------------------------------------------------------ pretrained
+PRETRAINED_SUFFIX = "-pretrained"  # make demo -> runs/demo, make demo-pretrained -> runs/demo-pretrained
+COMPARISON_HEADER = "## Next to the released TiTok-L-32"
+
+
 def reconstruct_photos(model: torch.nn.Module, out: Path, photos: int | None, crops: int) -> tuple[Path, float, int]:
-    """The demo photos' centre crops through `model` (encode -> decode): (grid path, mean PSNR, images)."""
+    """The demo photos' centre crops through `model` (encode -> decode): (grid path, mean PSNR, images).
+
+    Also writes reconstructions.npz (keys, inputs, reconstructions) and summary.json, which the demo's
+    report reads to put this run next to its own (`attach_comparison`)."""
     folder = write_demo_images(out / "images", photos, crops)
-    inp = np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER) for p in sorted(folder.rglob("*.png"))])
+    files = sorted(folder.rglob("*.png"))
+    inp = np.stack([apply_view(decode_and_preprocess(p.read_bytes()), CENTER) for p in files])
     rec = []
     with torch.inference_mode():
         for i in range(0, len(inp), 4):
@@ -247,4 +326,58 @@ def reconstruct_photos(model: torch.nn.Module, out: Path, photos: int | None, cr
     grid = np.concatenate([np.concatenate([a, b], axis=1) for a, b in zip(inp, rec)], axis=0)  # input | recon rows
     path = out / "reconstructions.png"
     Image.fromarray(grid).save(path)
+    keys = [p.relative_to(folder).with_suffix("").as_posix() for p in files]  # = the demo's sample keys
+    np.savez_compressed(out / "reconstructions.npz", keys=np.array(keys), inputs=inp, reconstructions=rec)
+    (out / "summary.json").write_text(json.dumps({"tokens": int(model.config.num_latent_tokens), "images": len(inp),
+                                                  "psnr_db": round(psnr, 2)}, indent=2))
     return path, psnr, len(inp)
+
+
+def paired_run(out: Path) -> Path:
+    """The other run of the pair: runs/demo <-> runs/demo-pretrained."""
+    name = out.name
+    other = name[: -len(PRETRAINED_SUFFIX)] if name.endswith(PRETRAINED_SUFFIX) else name + PRETRAINED_SUFFIX
+    return out.parent / other
+
+
+def attach_comparison(run: Path, n: int = 8) -> Path | None:
+    """`run` is either of the pair (runs/demo, runs/demo-pretrained). When both exist: side_by_side.png
+    in the demo's folder (input | the demo's tokenizer | the released L-32, the same photos) and a
+    section at the end of the demo's report.md. None if the other run is missing, or they share no
+    photos (e.g. the demo ran on --images)."""
+    from titok_core import load_model
+    demo, pretrained = (paired_run(run), run) if run.name.endswith(PRETRAINED_SUFFIX) else (run, paired_run(run))
+    if not ((demo / "report.md").exists() and (demo / "tokens").is_dir() and (pretrained / "summary.json").exists()):
+        return None
+    pre = np.load(pretrained / "reconstructions.npz")
+    tokens = pd.read_parquet(demo / "tokens", columns=["key", "tokens"]).set_index("key")
+    both = [i for i, k in enumerate(pre["keys"]) if k in tokens.index][:n]
+    if not both:
+        return None
+    keys = [str(pre["keys"][i]) for i in both]
+    model = load_model(demo / "stage2" / "model")
+    tok = torch.tensor(np.stack([np.stack(tokens.loc[k, "tokens"])[0] for k in keys]).astype(np.int64))
+    with torch.inference_mode():
+        ours = to_uint8(model.decode_tokens(tok, clamp=True))  # at the demo's resolution
+    side = pre["inputs"].shape[1]
+    ours_inputs = np.stack([np.asarray(Image.fromarray(a).resize(ours.shape[1:3], Image.BICUBIC)) for a in pre["inputs"][both]])
+    ours_psnr = float(psnr_db(torch.from_numpy(ours_inputs), torch.from_numpy(ours), max_value=255))
+    pre_psnr = float(psnr_db(torch.from_numpy(pre["inputs"][both]), torch.from_numpy(pre["reconstructions"][both]), max_value=255))
+    big = [np.asarray(Image.fromarray(a).resize((side, side), Image.NEAREST)) for a in ours]  # its pixels, enlarged
+    rows = [np.concatenate([pre["inputs"][i], b, pre["reconstructions"][i]], axis=1) for i, b in zip(both, big)]
+    path = demo / "side_by_side.png"
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    summary = json.loads((pretrained / "summary.json").read_text())
+    section = [
+        COMPARISON_HEADER, "",
+        f"The same {len(both)} photos (centre crops), from `{pretrained}` (make demo-pretrained).",
+        "Columns: input | this demo's tokenizer (trained here, its pixels enlarged) | the released TiTok-L-32.", "",
+        "| tokenizer | resolution | PSNR on these photos |", "|---|---|---|",
+        f"| this demo | {ours.shape[1]} px | {ours_psnr:.2f} dB |",
+        f"| released TiTok-L-32 ({summary['tokens']} tokens) | {side} px | {pre_psnr:.2f} dB |",
+        "", "![side by side](side_by_side.png)", "",
+    ]
+    report = demo / "report.md"
+    text = report.read_text().split(COMPARISON_HEADER)[0].rstrip("\n")
+    report.write_text(text + "\n\n" + "\n".join(section))
+    return path

@@ -44,7 +44,7 @@ _TITOK_LIMITS = {"image_size": (1, 8192), "enc_patch_size": (1, 1024), "dec_patc
                  "enc_width": (1, 16384), "enc_layers": (1, 256), "enc_heads": (1, 256),
                  "dec_width": (1, 16384), "dec_layers": (1, 256), "dec_heads": (1, 256),
                  "num_latent_tokens": (1, 16384), "codebook_size": (1, 2**20), "token_size": (1, 4096),
-                 "commitment_cost": (0.0, 100.0), "proxy_codebook_size": (1, 2**20)}
+                 "commitment_cost": (0.0, 100.0), "proxy_codebook_size": (1, 2**20), "init_std": (1e-6, 10.0)}
 
 
 # The official ViT sizes (TiTokEncoder/TiTokDecoder's size table): width, layers, heads.
@@ -149,6 +149,8 @@ class TiTokConfig:
             every official model (the MaskGIT-VQGAN codebook), independent of codebook_size.
         pixel_vqgan: the MaskGIT-VQGAN whose codebook and decoder turn proxy logits into pixels
             in the released form; unused by the stage-1 form.
+        init_std: std of the ViTs' truncated-normal weight init. 0.02 is the official value, sized
+            for widths >= 512; a much narrower ViT needs a larger one (see the `demo` preset).
     """
 
     image_size: int = 256
@@ -167,6 +169,7 @@ class TiTokConfig:
     commitment_cost: float = 0.25
     proxy_codebook_size: int = 1024
     pixel_vqgan: VQGANConfig = field(default_factory=VQGANConfig)
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if isinstance(self.pixel_vqgan, dict):
@@ -264,6 +267,10 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
     # Small enough for 2-core CPU tests and the demo; same architecture, same 1024-code codebook
     # so proxy datasets made with it have the official layout.
     "debug": VQGANConfig(channel_mult=(1, 1, 2, 2, 2), hidden_channels=32, num_res_blocks=1, z_channels=32),
+    # The offline demo's teacher, trained inside the demo in a few hundred steps: 32-px images,
+    # 4x down-sampling (an 8x8 grid), 256 codes.
+    "demo": VQGANConfig(channel_mult=(1, 2, 2), hidden_channels=32, num_res_blocks=1, z_channels=32,
+                        codebook_size=256, resolution=32),
 }
 
 # The paper's tokenizers (codebook 4096 x 12, l2-normalised) and a tiny `debug` size.
@@ -274,6 +281,17 @@ PRESETS: dict[str, TiTokConfig] = {
     "debug": TiTokConfig(
         enc_width=64, enc_layers=2, enc_heads=4, dec_width=64, dec_layers=2, dec_heads=4,
         num_latent_tokens=32, codebook_size=256, pixel_vqgan=VQGAN_PRESETS["debug"],
+    ),
+    # The offline demo (`make demo`): 32-px images in 4-px patches, so that a 2-core CPU trains it
+    # into a tokenizer whose reconstructions resemble their inputs in about a minute per stage.
+    # init_std 0.08 = 0.02 * sqrt(1024 / 64): at width 64 the official 0.02 leaves attention uniform and
+    # the latents nearly image-independent, and training then maps every image to one token sequence.
+    # token_size 3: few dimensions on the unit sphere, so the 256 codes cover it densely.
+    "demo": TiTokConfig(
+        image_size=32, enc_patch_size=4, dec_patch_size=4,
+        enc_width=64, enc_layers=2, enc_heads=4, dec_width=64, dec_layers=2, dec_heads=4,
+        num_latent_tokens=32, codebook_size=256, token_size=3, proxy_codebook_size=256,
+        pixel_vqgan=VQGAN_PRESETS["demo"], init_std=0.08,
     ),
 }
 

@@ -14,6 +14,8 @@ k proxy codebook (1024), gh gw grid height / width.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from einops import rearrange, repeat
 from timm.models.vision_transformer import Block
@@ -32,10 +34,10 @@ def _blocks(width: int, depth: int, heads: int) -> nn.ModuleList:
     )
 
 
-def _init_vit(module: nn.Module) -> None:
-    """The official initialisation: truncated normal(0.02) weights, zero biases, unit LayerNorms."""
+def _init_vit(module: nn.Module, std: float = 0.02) -> None:
+    """The official initialisation: truncated normal(std, official 0.02) weights, zero biases, unit LayerNorms."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -60,7 +62,7 @@ class TiTokEncoder(nn.Module):
         self.blocks = _blocks(w, cfg.enc_layers, cfg.enc_heads)
         self.ln_post = nn.LayerNorm(w)
         self.conv_out = nn.Conv2d(w, cfg.token_size, 1)
-        self.apply(_init_vit)
+        self.apply(functools.partial(_init_vit, std=cfg.init_std))
 
     def forward(self, images: Tensor) -> Tensor:
         b = images.shape[0]
@@ -98,7 +100,7 @@ class TiTokDecoder(nn.Module):
         self.proxy_head = nn.Sequential(
             nn.Conv2d(w, 2 * w, 1), nn.Tanh(), nn.Conv2d(2 * w, cfg.proxy_codebook_size, 1)
         )
-        self.apply(_init_vit)
+        self.apply(functools.partial(_init_vit, std=cfg.init_std))
 
     def forward(self, z_q: Tensor) -> Tensor:
         b, _, one, l = z_q.shape

@@ -225,10 +225,33 @@ _DEBUG_STAGE2 = Recipe(
                   discriminator_optimizer=OptimizerConfig(lr=1e-3, betas=(0.9, 0.999), warmup_steps=2, end_lr=1e-4)),
 )
 
+# The demo recipes (`make demo`): the `demo` model at 32 px on a 2-core CPU, about a minute per stage,
+# long enough that its reconstructions resemble their inputs. Stage 1: AdamW lr 1e-3 with the official
+# betas, batch 16 (faster or more aggressive settings collapse every image onto one token sequence).
+# Stage 2: pixel L2 only. The perceptual term is off: offline its backbones are random, and at this
+# size its network costs three times the rest of the step. The GAN is off too: a few hundred steps are
+# too few for a discriminator to help. No EMA: the runs are shorter than an EMA's memory.
+_DEMO_OPT = OptimizerConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-4, warmup_steps=10, end_lr=1e-4,
+                            max_grad_norm=1.0)
+_DEMO_STAGE1 = Recipe(
+    name="demo/stage1", stage=1, model="demo", batch_size=16, max_steps=500, optimizer=_DEMO_OPT, ema_decay=None,
+    mixed_precision="bf16", log_every=10, image_every=250, num_images=4, checkpoint_every=250, keep_checkpoints=1,
+    shuffle_buffer=64,
+)
+_DEMO_STAGE2 = Recipe(
+    name="demo/stage2", stage=2, model="demo", batch_size=16, max_steps=300, optimizer=_DEMO_OPT, ema_decay=None,
+    mixed_precision="bf16", quantizer_weight=0.0, log_every=10, image_every=150, num_images=4,
+    checkpoint_every=150, keep_checkpoints=1, shuffle_buffer=64,
+    gan=GANConfig(perceptual="lpips", perceptual_weight=0.0, discriminator_start=1_000_000,
+                  discriminator=DISCRIMINATOR_PRESETS["debug"],
+                  discriminator_optimizer=OptimizerConfig(lr=1e-4, warmup_steps=0, end_lr=1e-5)),
+)
+
 RECIPES: dict[int, dict[str, Recipe]] = {
     1: {"S-128": _paper("S-128", 1), "B-64": _paper("B-64", 1), "L-32": _paper("L-32", 1), "debug": _DEBUG_STAGE1},
     2: {"S-128": _paper("S-128", 2), "B-64": _paper("B-64", 2), "L-32": _paper("L-32", 2), "debug": _DEBUG_STAGE2},
 }
+RECIPES[1]["demo"], RECIPES[2]["demo"] = _DEMO_STAGE1, _DEMO_STAGE2
 
 
 def get_recipe(stage: int, preset: str) -> Recipe:

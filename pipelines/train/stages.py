@@ -223,7 +223,9 @@ class Stage2Task:
                     recon, _ = self.ddp(images)
                 recon = recon.float()  # the losses run in float32, as the official loss module does
                 l2 = g.reconstruction_weight * reconstruction_loss(images, recon, g.reconstruction)
-                perceptual = self.perceptual(images, recon)
+                # a zero weight skips the perceptual network's forward (its cost dominates a small model's step)
+                perceptual = (self.perceptual(images, recon) if g.perceptual_weight > 0
+                              else torch.zeros((), device=self.device))
                 loss = l2 + g.perceptual_weight * perceptual
                 gan_loss, weight = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
                 if gan_on and g.discriminator_weight > 0:
