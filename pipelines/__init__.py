@@ -9,11 +9,12 @@ Holds (flat: what every job uses)
     preprocess   bytes -> base image -> view crop -> model input: every pixel a model sees
     commit       per-shard outputs and success records: exactly-once reruns
     runtime      logging, one-line failures, Ray start-up, forwarded env, devices, loading a model by URI
-    demo_data, demo_report   the demo's images and its report
+    demo_data, demo_report, demo_teacher, demo_generator   the demo: its images, its teacher, its generator step, its report
 Sub-packages
     encode/      the shard jobs (precompute_proxy, tokenize_dataset): decode -> model -> write
     evaluate/    the evaluation job (evaluate_tokenizer): reconstruction quality on the shard machinery
-    train/       the tokenizer training job on Ray Train: recipes, data, tasks, loop, outputs
+    train/       training on Ray Train (tokenizer stages 1 and 2, the generator): recipes, data, tasks, loop, outputs
+    sample/      the sampling job (sample_generator): classes -> seeded chunks -> images, the ADM npz, gFID / IS
 
 May import: titok_core, ray, pyarrow, fsspec, numpy, torch, PIL and the other libraries of the
 project's dependencies. Never imports `jobs` (the entry points import us). `encode` and `train`

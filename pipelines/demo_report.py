@@ -3,7 +3,7 @@
     DemoConfig, perceptual_backbones, image_list   what the demo runs with (its teacher:
                         demo_teacher.py)
     write_report        report.md + reconstructions.png (inputs | reconstructions) + loss_curves.png
-                        from the outputs of the jobs the demo ran
+                        + samples.png (demo_generator.py) from the outputs of the jobs the demo ran
     reconstruct_photos  the sample photos through a released tokenizer (make demo-pretrained)
     attach_comparison   both runs side by side in the demo's report, whichever of them ran last
 
@@ -28,6 +28,7 @@ from PIL import Image
 from titok_core.metrics import psnr as psnr_db
 
 from .demo_data import write_demo_images
+from .demo_generator import GENERATOR_PRESET, SAMPLES_PER_CLASS, generator_section, samples_grid
 from .preprocess import CENTER, apply_view, decode_and_preprocess, decode_stored_image, to_model_input, to_uint8
 from .runtime import vgg16_weights
 
@@ -43,6 +44,7 @@ class DemoConfig:
         images: a folder of the user's images instead of the bundled photos (ImageFolder or flat).
         photos / crops: how many bundled photos, and crops of each.
         stage1_steps / stage2_steps: override the demo recipes' step counts (None: the recipe's).
+        generator_steps: override the demo generator's steps (None: demo_generator.GENERATOR_STEPS).
         workers: Ray Train workers.
         samples_per_shard: shard size (several shards show the per-shard commits).
         preset: the model preset and recipes (`demo`: 32 px, see titok_core/presets.py).
@@ -57,6 +59,7 @@ class DemoConfig:
     crops: int = 4
     stage1_steps: int | None = None
     stage2_steps: int | None = None
+    generator_steps: int | None = None
     workers: int = 2
     samples_per_shard: int = 16
     preset: str = "demo"
@@ -245,6 +248,7 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
     s1, s2 = read_metrics(out / "stage1"), read_metrics(out / "stage2")
     curves = loss_curves(out, s1, s2)
     grid, psnr, distinct = reconstructions(out)
+    samples = samples_grid(out, enlarge)
     model = load_model(out / "stage2" / "model")
     toks = token_stats(out, model.config.codebook_size)
     codes = np.concatenate([np.stack(c).reshape(-1) for c in pd.read_parquet(out / "proxy", columns=["proxy_codes"]).proxy_codes])
@@ -269,6 +273,9 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
         f"| train stage 2 | {cfg.preset} preset, {last(s2, 'step')} steps, perceptual backbones: {perceptual} | "
         f"{cfg.timings.get('train_stage2', 0):.1f} s |",
         f"| tokenize | stage-2 model, views center-flip, every image verified | {cfg.timings.get('tokenize', 0):.1f} s |",
+        f"| train_generator | `{GENERATOR_PRESET}` MaskGIT generator on the tokens | "
+        f"{cfg.timings.get('train_generator', 0):.1f} s |",
+        f"| sample_generator | {SAMPLES_PER_CLASS} images per class | {cfg.timings.get('sample_generator', 0):.1f} s |",
         "", *settings_text(cfg, teacher_psnr), "## Counts and throughput", "",
         "| stage | images | quarantined | images/s |", "|---|---|---|---|",
         f"| precompute_proxy | {precompute['images_total']} | {precompute['errors_total']} | {precompute['images_per_s']} |",
@@ -291,16 +298,36 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
         f"- {toks['sequences']} sequences of {toks['tokens_per_sequence']} tokens; "
         f"{toks['distinct_sequences']} distinct sequences over the {toks['images']} images (first view)",
         f"- {toks['distinct']} of {toks['codebook_size']} codebook entries used, perplexity {toks['perplexity']:.1f}",
-        "", "## Outputs", "",
+        "", *generator_section(out, read_metrics(out / "generator"),
+                               (cfg.timings.get("train_generator", 0), cfg.timings.get("sample_generator", 0))),
+        "## Outputs", "",
         "- `proxy/`, `tokens/`: Parquet datasets (+ `_summary.json`, `_errors/`, `_success/`)",
-        "- `stage1/`, `stage2/`: runs (`model/`, `metrics.jsonl`, `images/`, `tensorboard/`, `checkpoints/`)",
+        "- `stage1/`, `stage2/`, `generator/`: runs (`model/`, `metrics.jsonl`, `images/`, `tensorboard/`, "
+        "`checkpoints/`)",
+        "- `samples/`: the generator's images (`images/<class>/*.png`, the ADM `.npz`, `tokens/` Parquet)",
         "- next: `python jobs/<job>.py --help`; README.md, section 'Running on a cluster'",
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    assert curves.exists() and grid.exists()
+    assert curves.exists() and grid.exists() and samples.exists()
     attach_comparison(out)
     return report
+
+
+def closing_message(out: Path, report: Path) -> str:
+    """What the demo prints last: where to look, and what next."""
+    return (f"\n{RULE}\nDone. Look at:\n"
+            f"  {report}\n  {out / 'reconstructions.png'}   inputs | reconstructions\n"
+            f"  {out / 'samples.png'}   per class: a real crop | the generator's samples\n"
+            f"  {out / 'loss_curves.png'}\n  {out}/proxy, {out}/tokens   Parquet (pandas, DuckDB, HF datasets)\n"
+            f"  {out}/stage1/model, {out}/stage2/model, {out}/generator/model   checkpoints (titok_core.load_model)\n"
+            f"Next: python jobs/<job>.py --help for every job; README.md 'Running on a cluster' to scale out.\n{RULE}")
+
+
+def pretrained_message(tokens: int, n: int, psnr: float, grid: Path, both: Path | None) -> str:
+    """What make demo-pretrained prints last."""
+    return (f"\n{RULE}\nTiTok-L-32 ({tokens} tokens per image) on {n} crops: mean PSNR {psnr:.2f} dB"
+            f"\n  {grid}   inputs | reconstructions\n" + (f"  {both}   input | demo | L-32\n" if both else "") + RULE)
 
 
 # ------------------------------------------------------------------------------------ pretrained
