@@ -146,7 +146,9 @@ def loss_figure(stage1: list[dict], stage2: list[dict]):
 
     def plot(ax, metrics: list[dict], key: str) -> list:
         pts = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
-        return ax.plot(*zip(*pts), label=key, color=SERIES_COLOURS[key]) if pts else []
+        if not any(v for _, v in pts):  # a term the recipe turned off (the demo's perceptual and GAN terms)
+            return []
+        return ax.plot(*zip(*pts), label=key, color=SERIES_COLOURS[key])
 
     acc = axes[0].twinx()  # accuracy is in [0, 1], the loss in nats: two scales
     panels = [(axes[0], plot(axes[0], stage1, "loss") + plot(acc, stage1, "accuracy")),

@@ -144,3 +144,7 @@ def test_loss_curves_one_colour_per_series_and_legends_clear_of_titles():
     assert len(titles) == 2 and len(legends) == 2
     assert not any(t.overlaps(leg) for t in titles for leg in legends)
     plt.close(fig)
+    # a term the recipe turns off (the demo's stage 2 is pixel L2 only) is not drawn as a flat zero
+    off = loss_figure(s1, [{**m, "perceptual_loss": 0.0, "gan_loss": 0.0} for m in s2])
+    assert [line.get_label() for line in off.axes[1].get_lines()] == ["l2_loss"]
+    plt.close(off)
