@@ -87,10 +87,11 @@ def run_demo(cfg: DemoConfig) -> Path:
         ["--input", str(out / "proxy"), "--output", str(out / "tokens"), "--tokenizer", str(out / "stage2" / "model"),
          "--resolution", str(cfg.resolution), "--views", "center-flip", "--verify-fraction", "1", "--num-classes", "100000"]))
 
-    say("6/7 a class-conditional generator on those tokens, and its samples (jobs/train_generator.py, "
-        "jobs/sample_generator.py)")
-    timed(cfg, "train_generator", lambda: train_generator(generator_argv(out, cfg.workers, cfg.generator_steps)))
-    timed(cfg, "sample_generator", lambda: sample_generator(sample_argv(out, demo_classes(out))))
+    if cfg.generator_steps != 0:
+        say("6/7 a class-conditional generator on those tokens, and its samples (jobs/train_generator.py, "
+            "jobs/sample_generator.py)")
+        timed(cfg, "train_generator", lambda: train_generator(generator_argv(out, cfg.workers, cfg.generator_steps)))
+        timed(cfg, "sample_generator", lambda: sample_generator(sample_argv(out, demo_classes(out))))
 
     say("7/7 writing the report")
     report = demo_report.write_report(cfg, out, teacher_psnr=teacher_psnr, perceptual=perceptual)
@@ -125,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crops", type=int, default=4, help="crops per sample photo")
     p.add_argument("--stage1-steps", type=int, default=None, help="override the demo stage-1 recipe's steps")
     p.add_argument("--stage2-steps", type=int, default=None, help="override the demo stage-2 recipe's steps")
-    p.add_argument("--generator-steps", type=int, default=None, help="override the demo generator's steps")
+    p.add_argument("--generator-steps", type=int, default=None, help="override the demo generator's steps (0: no generator step)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--pretrained", action="store_true", help="reconstruct the sample photos with the released L-32")
     p.add_argument("--tokenizer", default=None, help="with --pretrained: a local tokenizer_titok_l32.bin")

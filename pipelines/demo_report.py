@@ -44,7 +44,8 @@ class DemoConfig:
         images: a folder of the user's images instead of the bundled photos (ImageFolder or flat).
         photos / crops: how many bundled photos, and crops of each.
         stage1_steps / stage2_steps: override the demo recipes' step counts (None: the recipe's).
-        generator_steps: override the demo generator's steps (None: demo_generator.GENERATOR_STEPS).
+        generator_steps: override the demo generator's steps (None: demo_generator.GENERATOR_STEPS; 0: no
+            generator step).
         workers: Ray Train workers.
         samples_per_shard: shard size (several shards show the per-shard commits).
         preset: the model preset and recipes (`demo`: 32 px, see titok_core/presets.py).
@@ -250,7 +251,8 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
     s1, s2 = read_metrics(out / "stage1"), read_metrics(out / "stage2")
     curves = loss_curves(out, s1, s2)
     grid, psnr, distinct = reconstructions(out)
-    samples = samples_grid(out, enlarge)
+    generated = cfg.generator_steps != 0
+    samples = samples_grid(out, enlarge) if generated else None
     model = load_model(out / "stage2" / "model")
     toks = token_stats(out, model.config.codebook_size)
     codes = np.concatenate([np.stack(c).reshape(-1) for c in pd.read_parquet(out / "proxy", columns=["proxy_codes"]).proxy_codes])
@@ -275,9 +277,10 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
         f"| train stage 2 | {cfg.preset} preset, {last(s2, 'step')} steps, perceptual backbones: {perceptual} | "
         f"{cfg.timings.get('train_stage2', 0):.1f} s |",
         f"| tokenize | stage-2 model, views center-flip, every image verified | {cfg.timings.get('tokenize', 0):.1f} s |",
-        f"| train_generator | `{GENERATOR_PRESET}` MaskGIT generator on the tokens | "
-        f"{cfg.timings.get('train_generator', 0):.1f} s |",
-        f"| sample_generator | {SAMPLES_PER_CLASS} images per class | {cfg.timings.get('sample_generator', 0):.1f} s |",
+        *([f"| train_generator | `{GENERATOR_PRESET}` MaskGIT generator on the tokens | "
+           f"{cfg.timings.get('train_generator', 0):.1f} s |",
+           f"| sample_generator | {SAMPLES_PER_CLASS} images per class | {cfg.timings.get('sample_generator', 0):.1f} s |"]
+          if generated else []),
         "", *settings_text(cfg, teacher_psnr), "## Counts and throughput", "",
         "| stage | images | quarantined | images/s |", "|---|---|---|---|",
         f"| precompute_proxy | {precompute['images_total']} | {precompute['errors_total']} | {precompute['images_per_s']} |",
@@ -300,8 +303,9 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
         f"- {toks['sequences']} sequences of {toks['tokens_per_sequence']} tokens; "
         f"{toks['distinct_sequences']} distinct sequences over the {toks['images']} images (first view)",
         f"- {toks['distinct']} of {toks['codebook_size']} codebook entries used, perplexity {toks['perplexity']:.1f}",
-        "", *generator_section(out, read_metrics(out / "generator"),
-                               (cfg.timings.get("train_generator", 0), cfg.timings.get("sample_generator", 0))),
+        "", *(generator_section(out, read_metrics(out / "generator"),
+                                (cfg.timings.get("train_generator", 0), cfg.timings.get("sample_generator", 0)))
+              if generated else []),
         "## Outputs", "",
         "- `proxy/`, `tokens/`: Parquet datasets (+ `_summary.json`, `_errors/`, `_success/`)",
         "- `stage1/`, `stage2/`, `generator/`: runs (`model/`, `metrics.jsonl`, `images/`, `tensorboard/`, "
@@ -311,7 +315,7 @@ def write_report(cfg: DemoConfig, out: Path, teacher_psnr: float, perceptual: st
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    assert curves.exists() and grid.exists() and samples.exists()
+    assert curves.exists() and grid.exists() and (samples is None or samples.exists())
     attach_comparison(out)
     return report
 

@@ -4,6 +4,7 @@ entry points, documented packages."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -43,14 +44,44 @@ def test_every_package_says_what_it_holds_and_may_import(package):
     assert doc and "May import" in doc, f"{package}/__init__.py needs a docstring saying what it may import"
 
 
-@pytest.mark.parametrize("script", BENCHMARKS + JOBS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_benchmarks_and_jobs_run_as_scripts(script):
+# `python <script> --help` for every script, in one interpreter: each runs as __main__ with its own folder
+# first on sys.path, as `python <script>` runs it (one torch + Ray import instead of one per script)
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+results = {}
+for script in sys.argv[1:]:
+    sys.argv, sys.path[0], out = [script, "--help"], script.rsplit("/", 1)[0], io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+        code = "returned without exiting"
+    except SystemExit as e:
+        code = e.code or 0
+    except BaseException as e:
+        code = f"{type(e).__name__}: {e}"
+    results[script] = [code, out.getvalue()[:200]]
+print(json.dumps(results))
+"""
+
+
+def test_benchmarks_and_jobs_run_as_scripts():
     """`python benchmarks/<name>.py --help` and `python jobs/<name>.py --help`, as their docstrings say,
-    from the repository root (a benchmark named like a standard-library module would break this)."""
-    done = subprocess.run([sys.executable, str(script.relative_to(REPO)), "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "usage:" in done.stdout
+    from the repository root."""
+    scripts = [str(p.relative_to(REPO)) for p in BENCHMARKS + JOBS]
+    done = subprocess.run([sys.executable, "-c", HELP_ALL, *scripts], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = {s: r for s, r in results.items() if r[0] != 0 or "usage:" not in r[1]}
+    assert failed == {}, failed
+
+
+def test_no_script_shadows_a_standard_library_module():
+    """A script's folder comes first on sys.path when it runs, so benchmarks/tokenize.py would replace the
+    standard library's tokenize (imported by linecache, inspect, torch) and break the script at start-up."""
+    clashes = [str(p.relative_to(REPO)) for p in (REPO / "benchmarks").glob("*.py") if p.stem in sys.stdlib_module_names]
+    clashes += [str(p.relative_to(REPO)) for p in JOBS if p.stem in sys.stdlib_module_names]
+    assert clashes == []
 
 
 @pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
