@@ -28,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from pipelines import runtime  # noqa: E402
-from pipelines.storage import endpoint_options  # noqa: E402
+from pipelines.train.config import add_resource_arguments, resources  # noqa: E402
 from pipelines.train.recipes import RECIPES  # noqa: E402
 
 
@@ -45,20 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=runtime.positive_int, default=None, help="override the recipe's optimizer steps")
     p.add_argument("--batch-size", type=runtime.positive_int, default=None,
                    help="override the recipe's global batch size")
-    g = p.add_argument_group("resources (do not change the maths)")
-    g.add_argument("--num-workers", type=runtime.positive_int, default=1, help="Ray Train workers (one GPU each with --use-gpu)")
-    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL, mixed precision")
-    g.add_argument("--cpus-per-worker", type=runtime.positive_float, default=None,
-                   help="CPUs reserved per worker (default: 0.5 on CPU, which leaves Ray Data a CPU on a 2-core "
-                        "machine; 4 with --use-gpu)")
-    g.add_argument("--grad-accum", type=runtime.positive_int, default=1, help="micro-batches per step (same global batch)")
-    g.add_argument("--max-failures", type=runtime.non_negative_int, default=3, help="restarts from the last checkpoint before giving up")
+    g = add_resource_arguments(p)
     g.add_argument("--lpips-weights", default=None, help="stage 2: local VGG16 / LPIPS weights for the LPIPS loss")
     g.add_argument("--convnext-weights", default=None, help="stage 2: local timm convnext_small weights")
     g.add_argument("--random-backbones", action="store_true",
                    help="stage 2 smoke tests only: randomly initialised perceptual backbones")
-    g.add_argument("--endpoint-url", default=None, help="custom S3 endpoint for --data / --output")
-    g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     return p.parse_args(argv)
 
 
@@ -70,11 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_run(
             stage=args.stage, preset=args.preset, data=args.data, output=args.output, steps=args.steps,
             batch_size=args.batch_size, teacher=args.teacher, init=args.init,
-            num_workers=args.num_workers, use_gpu=args.use_gpu,
-            cpus_per_worker=args.cpus_per_worker or (4.0 if args.use_gpu else 0.5),
-            grad_accum=args.grad_accum, max_failures=args.max_failures, lpips_weights=args.lpips_weights,
-            convnext_weights=args.convnext_weights, random_backbones=args.random_backbones,
-            storage_options=endpoint_options(args.endpoint_url),
+            lpips_weights=args.lpips_weights, convnext_weights=args.convnext_weights,
+            random_backbones=args.random_backbones, **resources(args),
         )
         return run(cfg, args.ray_address)
     except (ConfigError, runtime.UsageError) as e:  # raised before any worker starts

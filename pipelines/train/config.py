@@ -10,10 +10,13 @@ Output layout (`--output`, local or s3://):
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+from ..runtime import non_negative_int, positive_float, positive_int
+from ..storage import endpoint_options
 from .data import DatasetInfo
 from .recipes import GeneratorRecipe, Recipe
 from .token_data import TokenDatasetInfo
@@ -40,8 +43,58 @@ def _check_batches(batch_size: int, num_workers: int, grad_accum: int, rows: int
                           f"{batch_size // grad_accum} images; lower --batch-size or add data")
 
 
+def add_resource_arguments(p: argparse.ArgumentParser, mixed_precision: str = "mixed precision") -> argparse._ArgumentGroup:
+    """The options every training job has that do not change the maths: workers, devices, CPUs per
+    worker, gradient accumulation, restarts, storage endpoint and Ray address. Returns the group (a job
+    adds its own resource options to it)."""
+    g = p.add_argument_group("resources (do not change the maths)")
+    g.add_argument("--num-workers", type=positive_int, default=1, help="Ray Train workers (one GPU each with --use-gpu)")
+    g.add_argument("--use-gpu", action="store_true", help=f"one GPU per worker, NCCL, {mixed_precision}")
+    g.add_argument("--cpus-per-worker", type=positive_float, default=None,
+                   help="CPUs reserved per worker (default: 0.5 on CPU, which leaves Ray Data a CPU on a 2-core "
+                        "machine; 4 with --use-gpu)")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step (same global batch)")
+    g.add_argument("--max-failures", type=non_negative_int, default=3,
+                   help="restarts from the last checkpoint before giving up")
+    g.add_argument("--endpoint-url", default=None, help="custom S3 endpoint for --data / --output")
+    g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    return g
+
+
+def resources(args: argparse.Namespace) -> dict[str, Any]:
+    """The job config's resource fields from the options `add_resource_arguments` added."""
+    return {"num_workers": args.num_workers, "use_gpu": args.use_gpu,
+            "cpus_per_worker": args.cpus_per_worker or (4.0 if args.use_gpu else 0.5), "grad_accum": args.grad_accum,
+            "max_failures": args.max_failures, "storage_options": endpoint_options(args.endpoint_url)}
+
+
+class _RunConfig:
+    """What both job configs share: the micro-batch, and their train_config.json form."""
+
+    recipe_type: ClassVar[type]
+    dataset_type: ClassVar[type]
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per worker per forward pass."""
+        return self.recipe.batch_size // (self.num_workers * self.grad_accum)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["recipe"] = self.recipe.to_dict()
+        d["dataset"] = self.dataset.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        d = dict(d)
+        d["recipe"] = cls.recipe_type.from_dict(d["recipe"])
+        d["dataset"] = cls.dataset_type.from_dict(d["dataset"])
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class TrainJobConfig:
+class TrainJobConfig(_RunConfig):
     """One training run, resolved: what the workers receive and what train_config.json records.
 
     Args:
@@ -75,6 +128,8 @@ class TrainJobConfig:
     storage_options: dict | None = None
 
     kind: ClassVar[str] = "tokenizer"
+    recipe_type: ClassVar[type] = Recipe
+    dataset_type: ClassVar[type] = DatasetInfo
 
     def __post_init__(self) -> None:
         r = self.recipe
@@ -82,33 +137,15 @@ class TrainJobConfig:
         if r.stage == 2 and not self.init:
             raise ConfigError("--stage 2 fine-tunes a stage-1 model: pass --init <stage-1 output>/model")
 
-    @property
-    def micro_batch(self) -> int:
-        """Images per worker per forward pass."""
-        return self.recipe.batch_size // (self.num_workers * self.grad_accum)
-
     def training_record(self) -> dict[str, Any]:
         """What the exported model records about the run that made it (besides its step)."""
         r = self.recipe
         return {"stage": r.stage, "recipe": r.name, "ema": r.ema_decay is not None, "data": self.data,
                 "init": self.init, "teacher_sha256": self.dataset.metadata.model.weights_sha256}
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["recipe"] = self.recipe.to_dict()
-        d["dataset"] = self.dataset.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainJobConfig:
-        d = dict(d)
-        d["recipe"] = Recipe.from_dict(d["recipe"])
-        d["dataset"] = DatasetInfo.from_dict(d["dataset"])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class GeneratorJobConfig:
+class GeneratorJobConfig(_RunConfig):
     """One generator training run, resolved: what the workers receive and what train_config.json records.
 
     The resources and the output layout are those of `TrainJobConfig`; the shared loop (loop.py)
@@ -125,6 +162,8 @@ class GeneratorJobConfig:
     """
 
     kind: ClassVar[str] = "generator"
+    recipe_type: ClassVar[type] = GeneratorRecipe
+    dataset_type: ClassVar[type] = TokenDatasetInfo
 
     recipe: GeneratorRecipe
     data: str
@@ -141,29 +180,11 @@ class GeneratorJobConfig:
     def __post_init__(self) -> None:
         _check_batches(self.recipe.batch_size, self.num_workers, self.grad_accum, self.dataset.rows, self.data)
 
-    @property
-    def micro_batch(self) -> int:
-        """Token sequences per worker per forward pass."""
-        return self.recipe.batch_size // (self.num_workers * self.grad_accum)
-
     def training_record(self) -> dict[str, Any]:
         """What the exported model records about the run that made it (besides its step)."""
         tokenizer = self.dataset.metadata.model
         return {"task": self.kind, "recipe": self.recipe.name, "ema": self.recipe.ema_decay is not None,
                 "data": self.data, "tokenizer_sha256": tokenizer.weights_sha256, "tokenizer_source": tokenizer.source}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["recipe"] = self.recipe.to_dict()
-        d["dataset"] = self.dataset.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeneratorJobConfig:
-        d = dict(d)
-        d["recipe"] = GeneratorRecipe.from_dict(d["recipe"])
-        d["dataset"] = TokenDatasetInfo.from_dict(d["dataset"])
-        return cls(**d)
 
 
 AnyJobConfig = Union[TrainJobConfig, GeneratorJobConfig]

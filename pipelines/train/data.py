@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -70,56 +70,95 @@ class DatasetInfo:
                    tuple(d["code_range"]) if d.get("code_range") else None)
 
 
+@dataclass(frozen=True)
+class DatasetFile:
+    """One Parquet file of a dataset, as its footer describes it (no data read)."""
+
+    url: str
+    size: int
+    footer: pq.FileMetaData
+    metadata: DatasetMetadata
+
+
+def scan_dataset(data: str, storage_options: dict | None, *, maker: str,
+                 kind_error: Callable[[pa.Schema, DatasetMetadata | None], str | None],
+                 layout: Callable[[DatasetMetadata], tuple], layout_names: str) -> list[DatasetFile]:
+    """The files of the dataset at `data` (directory, glob, list, URL) with their footers and metadata,
+    checked to be readable, of the wanted kind and from one run.
+
+    Args:
+        maker: the job that makes this kind of dataset (named in the fixes).
+        kind_error: a file's schema and metadata -> what the file is when it is not of the wanted kind, else None.
+        layout / layout_names: what must be equal in every file of one run, and how to name it.
+
+    Raises:
+        DatasetError: nothing there, a file unreadable / of another kind / of another run, or no rows.
+    """
+    if not any(c in data for c in "*?[{") and not data.endswith(".txt"):
+        fs, path = get_fs(data, storage_options=storage_options)
+        if not fs.exists(path):
+            raise DatasetError(f"--data {data} does not exist; make the dataset with {maker}")
+    try:
+        urls = expand_inputs(data, storage_options, suffix=".parquet")
+    except ValueError as e:
+        raise DatasetError(f"--data {data}: {e}; run {maker} to make one") from None
+    files: list[DatasetFile] = []
+    for url in urls:
+        fs, path = get_fs(url, storage_options=storage_options)
+        try:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                arrow_schema, footer = pf.schema_arrow, pf.metadata
+        except Exception as e:  # not Parquet, cut short ...
+            raise DatasetError(f"--data {data}: {url} is not a readable Parquet file ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:150]})") from None
+        try:
+            meta = DatasetMetadata.from_schema(arrow_schema)
+        except (ValueError, TypeError, KeyError) as e:
+            raise DatasetError(f"--data {data}: {url} has damaged titok metadata ({e})") from None
+        kind = kind_error(arrow_schema, meta)
+        if kind is not None or meta is None:
+            raise DatasetError(f"--data {data}: {url} is {kind}; point --data at the output of {maker}")
+        if files and layout(meta) != layout(files[0].metadata):
+            raise DatasetError(f"--data {data}: {url} was written with a different {layout_names} than "
+                               f"{files[0].url}; one dataset must come from one run of {maker}")
+        files.append(DatasetFile(url, fs.size(path), footer, meta))
+    if sum(f.footer.num_rows for f in files) == 0:
+        raise DatasetError(f"--data {data}: the dataset has no rows ({len(files)} empty file(s))")
+    return files
+
+
+def widen_range(current: tuple[int, int, str] | None, low: int | None, high: int | None,
+                url: str) -> tuple[int, int, str] | None:
+    """(smallest, largest, a file holding one of them) so far, widened by one file's (low, high)."""
+    if low is None:
+        return current
+    if current is None:
+        return (int(low), int(high), url)
+    if low < current[0] or high > current[1]:
+        return (min(int(low), current[0]), max(int(high), current[1]), url)
+    return current
+
+
 def inspect_dataset(data: str, storage_options: dict | None = None) -> DatasetInfo:
     """Files, row count and metadata of the proxy dataset at `data` (directory, glob, list, URL).
 
     Raises:
         DatasetError: nothing there, no rows, files written by different runs, or not a proxy dataset.
     """
-    if not any(c in data for c in "*?[{") and not data.endswith(".txt"):
-        fs, path = get_fs(data, storage_options=storage_options)
-        if not fs.exists(path):
-            raise DatasetError(f"--data {data} does not exist; make the dataset with jobs/precompute_proxy.py")
-    try:
-        files = expand_inputs(data, storage_options, suffix=".parquet")
-    except ValueError as e:
-        raise DatasetError(f"--data {data}: {e}; run jobs/precompute_proxy.py to make one") from None
-    rows = size = 0
-    first: DatasetMetadata | None = None
-    code_extremes: tuple[int, int, str] | None = None
-    for url in files:
-        fs, path = get_fs(url, storage_options=storage_options)
-        size += fs.size(path)
-        try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                arrow_schema, num_rows, footer = pf.schema_arrow, pf.metadata.num_rows, pf.metadata
-        except Exception as e:  # not Parquet, cut short ...
-            raise DatasetError(f"--data {data}: {url} is not a readable Parquet file ({type(e).__name__}: "
-                               f"{(str(e).splitlines() or [''])[0][:150]})") from None
-        try:
-            file_meta = DatasetMetadata.from_schema(arrow_schema)
-        except (ValueError, TypeError, KeyError) as e:
-            raise DatasetError(f"--data {data}: {url} has damaged titok metadata ({e})") from None
-        if file_meta is None or file_meta.teacher is None or schema.PROXY_CODES not in arrow_schema.names:
-            kind = "a token dataset file" if file_meta is not None and file_meta.tokenizer is not None else \
-                "not a proxy-code file (no proxy_codes column or titok metadata)"
-            raise DatasetError(f"--data {data}: {url} is {kind}; point --data at the output of "
-                               "jobs/precompute_proxy.py")
-        low, high = code_range(footer)
-        if low is not None and (code_extremes is None or low < code_extremes[0] or high > code_extremes[1]):
-            code_extremes = (min(low, code_extremes[0]) if code_extremes else low,
-                             max(high, code_extremes[1]) if code_extremes else high, url)
-        if first is None:
-            first = file_meta
-        elif _layout(file_meta) != _layout(first):
-            raise DatasetError(f"--data {data}: {url} was written with a different teacher / views / crop size "
-                               f"than {files[0]}; one dataset must come from one precompute run")
-        rows += num_rows
-    if rows == 0:
-        raise DatasetError(f"--data {data}: the dataset has no rows ({len(files)} empty file(s))")
-    assert first is not None
-    return DatasetInfo(tuple(files), rows, size, first, code_extremes)
+    def kind_error(arrow_schema: pa.Schema, meta: DatasetMetadata | None) -> str | None:
+        if meta is not None and meta.teacher is not None and schema.PROXY_CODES in arrow_schema.names:
+            return None
+        return "a token dataset file" if meta is not None and meta.tokenizer is not None else \
+            "not a proxy-code file (no proxy_codes column or titok metadata)"
+
+    files = scan_dataset(data, storage_options, maker="jobs/precompute_proxy.py", kind_error=kind_error,
+                         layout=_layout, layout_names="teacher / views / crop size")
+    codes = None
+    for f in files:
+        codes = widen_range(codes, *code_range(f.footer), f.url)
+    return DatasetInfo(tuple(f.url for f in files), sum(f.footer.num_rows for f in files),
+                       sum(f.size for f in files), files[0].metadata, codes)
 
 
 def code_range(footer: pq.FileMetaData, column_name: str = schema.PROXY_CODES) -> tuple[int | None, int | None]:

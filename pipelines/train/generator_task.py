@@ -15,25 +15,22 @@ Legend: B micro-batch, N tokens per image, K codebook size.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from titok_core import TiTokReleased, build_generator, generate, get_sampling_preset, mask_tokens, masked_token_loss
-from titok_core.ema import EMA
 
 from ..preprocess import to_uint8
 from ..runtime import load_model_uri
 from ..schema import DatasetMetadata
-from .optim import ScheduledOptimizer, autocast, no_sync, wrap_ddp
+from .optim import TrainedModel, autocast, no_sync
 from .recipes import GeneratorRecipe
 from .token_data import TokenSampler
 
 
-class GeneratorTask:
+class GeneratorTask(TrainedModel):
     """Masked-token training of a generator. `metrics` are per-step scalars averaged over a log window
     and workers (`accuracy`: masked positions predicted right)."""
 
@@ -43,15 +40,13 @@ class GeneratorTask:
         self.recipe, self.device, self.tokenizer_uri = recipe, device, tokenizer_uri
         self.config = recipe.generator_config()
         torch.manual_seed(recipe.seed)  # identical init on every worker (DDP also broadcasts rank 0's)
-        self.model = build_generator(self.config).to(device).train()
+        model = build_generator(self.config).to(device).train()
         # Masks, label dropout and dropout draw from torch's global RNG (saved per rank in checkpoints);
         # each worker gets its own stream, or all would mask their different samples alike.
         rank = dist.get_rank() if dist.is_initialized() else 0
         torch.manual_seed(recipe.seed * 1000 + 1 + rank)
-        self.ddp = wrap_ddp(self.model, device)
-        fp16 = device.type == "cuda" and recipe.mixed_precision == "fp16"
-        self.optim = ScheduledOptimizer(self.model, recipe.optimizer, recipe.max_steps, fp16)
-        self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
+        self.setup_training(model, device, recipe.optimizer, recipe.max_steps, recipe.mixed_precision,
+                            recipe.ema_decay)
         self._tokenizer: TiTokReleased | None = None
 
     def batch_sampler(self, metadata: DatasetMetadata) -> TokenSampler:
@@ -74,9 +69,7 @@ class GeneratorTask:
                 self.optim.backward(loss / n)
             for k, v in (("loss", loss), ("accuracy", accuracy)):
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / n
-        sums["grad_norm"] = self.optim.step().float()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        sums["grad_norm"] = self.optimizer_step()
         return sums
 
     def log_metrics(self) -> dict[str, float]:
@@ -100,16 +93,3 @@ class GeneratorTask:
         real = self._tokenizer.decode_tokens(tokens, clamp=True)
         fake = self._tokenizer.decode_tokens(sampled, clamp=True)
         return to_uint8(real), to_uint8(fake)
-
-    def export_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.optim.load_state_dict(sd["optim"])
-        if self.ema is not None:
-            self.ema.load_state_dict(sd["ema"])

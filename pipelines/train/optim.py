@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from titok_core.ema import EMA
+
 from .recipes import OptimizerConfig
 
 
@@ -101,3 +103,42 @@ class ScheduledOptimizer:
         self.opt.load_state_dict(sd["opt"])
         self.sched.load_state_dict(sd["sched"])
         self.scaler.load_state_dict(sd["scaler"])
+
+
+class TrainedModel:
+    """What every training task keeps of the model it trains: the model, its DDP wrapper, the scheduled
+    optimizer and, when the recipe keeps one, the EMA copy. The exported model and the checkpointed
+    state follow from them (a task with more to save extends `state_dict` / `load_state_dict`)."""
+
+    model: nn.Module
+    ddp: nn.Module
+    optim: ScheduledOptimizer
+    ema: EMA | None
+
+    def setup_training(self, model: nn.Module, device: torch.device, cfg: OptimizerConfig, total_steps: int,
+                       mixed_precision: str, ema_decay: float | None) -> None:
+        self.model = model
+        self.ddp = wrap_ddp(model, device)
+        self.optim = ScheduledOptimizer(model, cfg, total_steps, device.type == "cuda" and mixed_precision == "fp16")
+        self.ema = EMA(model, ema_decay) if ema_decay else None
+
+    def optimizer_step(self) -> Tensor:
+        """Step the optimizer (returns the pre-clip grad norm), then the EMA."""
+        norm = self.optim.step().float()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return norm
+
+    def export_model(self) -> nn.Module:
+        """The model to save at the end (the EMA weights when the recipe keeps an EMA)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optim.load_state_dict(sd["optim"])
+        if self.ema is not None:
+            self.ema.load_state_dict(sd["ema"])

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from titok_core import PRESETS, MaskGITVQGAN, ProxyPixelDecoder, TiTok, TiTokReleased
 from titok_core.discriminator import PatchDiscriminator
-from titok_core.ema import EMA
 from titok_core.losses import (
     LeCamEMA,
     adaptive_gan_weight,
@@ -42,7 +41,7 @@ from ..preprocess import to_model_input, to_uint8
 from ..runtime import load_model_uri, perceptual_loss
 from ..schema import DatasetMetadata
 from .data import ViewSampler
-from .optim import ScheduledOptimizer, autocast, no_sync, wrap_ddp
+from .optim import ScheduledOptimizer, TrainedModel, autocast, no_sync, wrap_ddp
 from .recipes import Recipe
 
 BatchSampler = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
@@ -83,7 +82,7 @@ def load_teacher(uri: str, device: torch.device) -> MaskGITVQGAN:
 # Stage 1
 
 
-class Stage1Task:
+class Stage1Task(TrainedModel):
     """TiTok on proxy codes. `metrics` are per-step scalars averaged over a log window and workers."""
 
     metrics = ["loss", "ce_loss", "quantizer_loss", "accuracy", "codebook_usage", "codebook_perplexity",
@@ -94,11 +93,8 @@ class Stage1Task:
         self.recipe, self.device, self.teacher_uri = recipe, device, teacher_uri
         cfg = PRESETS[recipe.model]
         torch.manual_seed(recipe.seed)  # identical init on every worker (DDP also broadcasts rank 0's)
-        self.model = TiTok(cfg).to(device).train()
-        self.ddp = wrap_ddp(self.model, device)
-        fp16 = device.type == "cuda" and recipe.mixed_precision == "fp16"
-        self.optim = ScheduledOptimizer(self.model, recipe.optimizer, recipe.max_steps, fp16)
-        self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
+        self.setup_training(TiTok(cfg).to(device).train(), device, recipe.optimizer, recipe.max_steps,
+                            recipe.mixed_precision, recipe.ema_decay)
         self.code_counts = torch.zeros(cfg.codebook_size, dtype=torch.float64, device=device)
         self._teacher: MaskGITVQGAN | None = None
 
@@ -122,9 +118,7 @@ class Stage1Task:
             for k, v in (("loss", loss), ("ce_loss", ce), ("quantizer_loss", q.quantizer_loss),
                          ("accuracy", proxy_code_accuracy(logits, codes))):
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / len(batches)
-        sums["grad_norm"] = self.optim.step().float()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        sums["grad_norm"] = self.optimizer_step()
         return sums
 
     def log_metrics(self) -> dict[str, float]:
@@ -147,25 +141,12 @@ class Stage1Task:
         codes = logits.argmax(1).flatten(1)
         return batch["images"][:n], to_uint8(self._teacher.decode(codes))
 
-    def export_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.optim.load_state_dict(sd["optim"])
-        if self.ema is not None:
-            self.ema.load_state_dict(sd["ema"])
-
 
 # ------------------------------------------------------------------------------------------------
 # Stage 2
 
 
-class Stage2Task:
+class Stage2Task(TrainedModel):
     """Decoder fine-tuning on pixels with a GAN; the encoder side stays bit-equal to the stage-1 model."""
 
     metrics = ["loss", "l2_loss", "perceptual_loss", "gan_loss", "gan_weight", "psnr", "d_loss", "d_lecam",
@@ -183,13 +164,12 @@ class Stage2Task:
         else:
             pixel = ProxyPixelDecoder.from_teacher(load_teacher(teacher_uri, torch.device("cpu")))
             model = TiTokReleased(start.config, titok=start, pixel=pixel)
-        self.model = model.to(device).train()
-        for part in (self.model.titok.encoder, self.model.titok.quantize):
+        model = model.to(device).train()
+        for part in (model.titok.encoder, model.titok.quantize):
             part.requires_grad_(False).eval()
-        self.ddp = wrap_ddp(self.model, device)
+        self.setup_training(model, device, recipe.optimizer, recipe.max_steps, recipe.mixed_precision,
+                            recipe.ema_decay)
         fp16 = device.type == "cuda" and recipe.mixed_precision == "fp16"
-        self.optim = ScheduledOptimizer(self.model, recipe.optimizer, recipe.max_steps, fp16)
-        self.ema = EMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
 
         torch.manual_seed(recipe.seed + 1)
         self.disc = PatchDiscriminator(self.gan.discriminator).to(device).train()
@@ -241,9 +221,7 @@ class Stage2Task:
             for k, v in (("loss", loss), ("l2_loss", l2), ("perceptual_loss", perceptual), ("gan_loss", gan_loss),
                          ("gan_weight", weight), ("psnr", psnr(images, recon))):
                 add(k, v)
-        add("grad_norm", self.optim.step())
-        if self.ema is not None:
-            self.ema.update(self.model)
+        add("grad_norm", self.optimizer_step())
 
         if gan_on:
             for i, (images, recon) in enumerate(pairs):
@@ -270,19 +248,12 @@ class Stage2Task:
         recon, _ = self.export_model()(images)
         return batch["images"][:n], to_uint8(recon)
 
-    def export_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "disc": self.disc.state_dict(), "d_optim": self.d_optim.state_dict(), "lecam": self.lecam.state_dict()}
+        return {**super().state_dict(), "disc": self.disc.state_dict(), "d_optim": self.d_optim.state_dict(),
+                "lecam": self.lecam.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.optim.load_state_dict(sd["optim"])
-        if self.ema is not None:
-            self.ema.load_state_dict(sd["ema"])
+        super().load_state_dict(sd)
         self.disc.load_state_dict(sd["disc"])
         self.d_optim.load_state_dict(sd["d_optim"])
         self.lecam.load_state_dict(sd["lecam"])

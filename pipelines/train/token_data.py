@@ -24,12 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from .. import schema
 from ..schema import DatasetMetadata
-from ..storage import expand_inputs, get_fs
-from .data import MATERIALIZE_BELOW_BYTES, DatasetError, DatasetInfo, choose_view, code_range, read_files
+from .data import (
+    MATERIALIZE_BELOW_BYTES,
+    DatasetError,
+    DatasetInfo,
+    choose_view,
+    code_range,
+    read_files,
+    scan_dataset,
+    widen_range,
+)
 
 TOKEN_COLUMNS = [schema.KEY, schema.LABEL, schema.TOKENS]
 
@@ -55,63 +63,26 @@ class TokenDatasetInfo(DatasetInfo):
                    tuple(d["label_range"]) if d.get("label_range") else None)
 
 
-def _widen(current: tuple[int, int, str] | None, low: int | None, high: int | None, url: str):
-    if low is None:
-        return current
-    if current is None:
-        return (int(low), int(high), url)
-    if low < current[0] or high > current[1]:
-        return (min(int(low), current[0]), max(int(high), current[1]), url)
-    return current
-
-
 def inspect_token_dataset(data: str, storage_options: dict | None = None) -> TokenDatasetInfo:
     """Files, row count, metadata and value ranges of the token dataset at `data` (directory, glob, list, URL).
 
     Raises:
         DatasetError: nothing there, no rows, not a token dataset, or files written by different runs.
     """
-    if not any(c in data for c in "*?[{") and not data.endswith(".txt"):
-        fs, path = get_fs(data, storage_options=storage_options)
-        if not fs.exists(path):
-            raise DatasetError(f"--data {data} does not exist; make the token dataset with jobs/tokenize_dataset.py")
-    try:
-        files = expand_inputs(data, storage_options, suffix=".parquet")
-    except ValueError as e:
-        raise DatasetError(f"--data {data}: {e}; run jobs/tokenize_dataset.py to make one") from None
-    rows = size = 0
-    first: DatasetMetadata | None = None
+    def kind_error(arrow_schema: pa.Schema, meta: DatasetMetadata | None) -> str | None:
+        if meta is not None and meta.tokenizer is not None and schema.TOKENS in arrow_schema.names:
+            return None
+        return "a proxy-code file (jobs/precompute_proxy.py)" if meta is not None and meta.teacher is not None \
+            else "not a token file (no tokens column or titok metadata)"
+
+    files = scan_dataset(data, storage_options, maker="jobs/tokenize_dataset.py", kind_error=kind_error,
+                         layout=_layout, layout_names="tokenizer / views")
     tokens = labels = None
-    for url in files:
-        fs, path = get_fs(url, storage_options=storage_options)
-        size += fs.size(path)
-        try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                arrow_schema, footer = pf.schema_arrow, pf.metadata
-        except Exception as e:  # not Parquet, cut short ...
-            raise DatasetError(f"--data {data}: {url} is not a readable Parquet file ({type(e).__name__}: "
-                               f"{(str(e).splitlines() or [''])[0][:150]})") from None
-        try:
-            meta = DatasetMetadata.from_schema(arrow_schema)
-        except (ValueError, TypeError, KeyError) as e:
-            raise DatasetError(f"--data {data}: {url} has damaged titok metadata ({e})") from None
-        if meta is None or meta.tokenizer is None or schema.TOKENS not in arrow_schema.names:
-            kind = "a proxy-code file (jobs/precompute_proxy.py)" if meta is not None and meta.teacher is not None \
-                else "not a token file (no tokens column or titok metadata)"
-            raise DatasetError(f"--data {data}: {url} is {kind}; point --data at the output of jobs/tokenize_dataset.py")
-        tokens = _widen(tokens, *code_range(footer, schema.TOKENS), url)
-        labels = _widen(labels, *code_range(footer, schema.LABEL), url)
-        if first is None:
-            first = meta
-        elif _layout(meta) != _layout(first):
-            raise DatasetError(f"--data {data}: {url} was written with a different tokenizer / views than {files[0]}; "
-                               "one dataset must come from one tokenize run")
-        rows += footer.num_rows
-    if rows == 0:
-        raise DatasetError(f"--data {data}: the dataset has no rows ({len(files)} empty file(s))")
-    assert first is not None
-    return TokenDatasetInfo(tuple(files), rows, size, first, tokens, labels)
+    for f in files:
+        tokens = widen_range(tokens, *code_range(f.footer, schema.TOKENS), f.url)
+        labels = widen_range(labels, *code_range(f.footer, schema.LABEL), f.url)
+    return TokenDatasetInfo(tuple(f.url for f in files), sum(f.footer.num_rows for f in files),
+                            sum(f.size for f in files), files[0].metadata, tokens, labels)
 
 
 def _layout(meta: DatasetMetadata) -> tuple:
