@@ -66,12 +66,10 @@ import functools
 import io
 import re
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision import transforms
 
 from .quarantine import (
     DECOMPRESSION_BOMB,
@@ -84,6 +82,9 @@ from .quarantine import (
     SampleError,
     one_line,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 # Pillow format ids tried by Image.open; multi-picture JPEGs open through "JPEG" (as MPO).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -190,15 +191,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-@functools.lru_cache(maxsize=8)
-def _official_resize(resolution: int) -> transforms.Resize:
-    # The exact transform object of the official ImageTransform (train and eval alike).
-    return transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
-
-
 def resize_shorter_side(image: Image.Image, resolution: int = 256) -> Image.Image:
-    """Shorter side -> `resolution` with torchvision's bicubic `Resize` (official numerics)."""
-    return _official_resize(resolution)(image)
+    """Shorter side -> `resolution`, bicubic: the official torchvision `Resize(resolution, BICUBIC,
+    antialias=True)` on a PIL image, done as it does it (same size rule, same Pillow call), so pixels
+    are identical without importing torchvision in every decode worker (tests/test_images.py checks
+    against torchvision itself)."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resolution, int(resolution * long / short)  # torchvision truncates, not rounds
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    if size == (w, h):
+        return image  # torchvision returns the image itself when nothing changes
+    return image.resize(size, Image.BICUBIC)
 
 
 def _identify(data: bytes) -> str | None:
@@ -361,6 +365,7 @@ def _zstd():
 
 def to_model_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 1] on `device` (the official ToTensor)."""
+    import torch  # here, not at the top: decode / write workers never import torch (~2 s per process)
     if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. a crop of a decoded JPEG
         images = images.copy()  # (torch warns on read-only arrays; the copy is a few microseconds)
     x = torch.as_tensor(images).to(device, non_blocking=True)

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pipelines import quarantine as q
-from pipelines.preprocess import View, apply_view, decode_and_preprocess, view_specs
+from pipelines.preprocess import View, apply_view, decode_and_preprocess, resize_shorter_side, view_specs
 
 
 def official_base(data: bytes) -> Image.Image:
@@ -169,3 +169,16 @@ def test_stored_base_images_read_back_as_what_the_model_saw(image_format, imagen
         png = np.mean([len(encode_stored_image(decode_and_preprocess(p.read_bytes()), "png")[0]) for p in paths[:4]])
         zst = np.mean([len(encode_stored_image(decode_and_preprocess(p.read_bytes()), "zstd")[0]) for p in paths[:4]])
         assert zst < 1.15 * png
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (256, 256), (256, 999), (1001, 256), (333, 500),
+                                  (100, 150), (257, 2560), (640, 427)])
+def test_the_resize_is_torchvisions_for_every_shape(size):
+    """The official Resize(256, bicubic) on PIL, done without torchvision: same size rule (long side
+    truncated), same pixels, the image itself when nothing changes (upscaling and exact sizes too)."""
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    official = transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)(image)
+    ours = resize_shorter_side(image, 256)
+    assert ours.size == official.size and min(ours.size) == 256
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(official))

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
-from timm.layers import Attention, Mlp
 from torch import Tensor, nn
 
 from .presets import check_fields
@@ -214,6 +213,7 @@ class PostNormBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float, attn_dropout: float):
         super().__init__()
+        from timm.layers import Attention, Mlp  # here: timm imports torchvision and torch._dynamo (~2 s)
         self.attn = Attention(width, heads, qkv_bias=True, attn_drop=attn_dropout, proj_drop=dropout)
         self.norm1 = nn.LayerNorm(width, eps=1e-12)
         self.mlp = Mlp(width, mlp_dim, act_layer=nn.GELU, drop=(0.0, dropout))
@@ -271,6 +271,7 @@ class UViTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_dim: int, skip: bool = False):
         super().__init__()
+        from timm.layers import Attention, Mlp  # here: timm imports torchvision and torch._dynamo (~2 s)
         self.norm1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads, qkv_bias=False)
         self.norm2 = nn.LayerNorm(width)

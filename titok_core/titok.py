@@ -18,7 +18,6 @@ import functools
 
 import torch
 from einops import rearrange, repeat
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .presets import TiTokConfig
@@ -28,7 +27,10 @@ from .vqgan import MaskGITVQGAN, VQGANDecoder, VQGANQuantizer
 
 def _blocks(width: int, depth: int, heads: int) -> nn.ModuleList:
     # Pre-norm block with qkv bias, exact GELU and torch LayerNorm (eps 1e-5), as in the official
-    # ResidualAttentionBlock; timm's default norm would use eps 1e-6.
+    # ResidualAttentionBlock; timm's default norm would use eps 1e-6. timm is imported here, not at the
+    # top: it imports torchvision and torch._dynamo (~2 s per process), which a worker running only
+    # the teacher never needs.
+    from timm.models.vision_transformer import Block
     return nn.ModuleList(
         Block(width, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)
     )
