@@ -1,9 +1,11 @@
 """The stage-1 training reader: stored base images -> view crops -> model input, per worker and core.
 
-    python benchmarks/train_reader.py [--images 256] [--batches 40] [--repeats 3] [--formats zstd png jpeg]
+    python benchmarks/train_reader.py [--images 256] [--batches 40] [--repeats 3] [--formats zstd png jpeg] [--cpu-float]
 
 What a Ray Train worker does for every sample of every epoch (pipelines/train/data.py): pick the
-view, decode the stored base image, crop and flip it, and turn the batch into a float tensor. Here
+view, decode the stored base image, crop and flip it, and hand the uint8 batch to the training step
+(a GPU worker moves it as it is and converts it to float on the device; `--cpu-float` converts on
+the CPU, as a CPU-only worker does, where that conversion competes with the reader threads). Here
 the rows of a proxy dataset (real ImageNet JPEGs, official resize, offsets-4 views) are in memory,
 so the numbers are the reader's CPU alone, not storage. `iterate_batches` runs with 1 and 2 decode
 threads (a worker gets one thread per CPU it reserves); printed per stored format: images/s, ms per
@@ -20,6 +22,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from common import sample_images
 from pipelines import schema as S
@@ -54,7 +57,7 @@ def proxy_rows(bases: list[np.ndarray], image_format: str) -> pa.Table:
     return shard_table(encoded, meta)
 
 
-def images_per_s(table: pa.Table, threads: int, batches: int, micro_batch: int) -> float:
+def images_per_s(table: pa.Table, threads: int, batches: int, micro_batch: int, cpu_float: bool) -> float:
     sampler = ViewSampler(seed=0, crop=256, with_codes=True, codebook_size=1024)
     it = iterate_batches(InMemoryShard(table), sampler, micro_batch=micro_batch, start_epoch=0, start_batch=0,
                          shuffle_seed=0, shuffle_buffer=0, cache=True, decode_threads=threads)
@@ -62,7 +65,10 @@ def images_per_s(table: pa.Table, threads: int, batches: int, micro_batch: int) 
     t0 = time.perf_counter()
     for _ in range(batches):
         _, _, batch = next(it)
-        to_model_input(batch["images"])
+        if cpu_float:  # a CPU worker: the training step's float conversion competes with the reader
+            to_model_input(batch["images"])
+        else:  # a GPU worker: the uint8 batch is moved as it is and becomes float on the GPU
+            torch.as_tensor(batch["images"])
     elapsed = time.perf_counter() - t0
     it.close()
     return batches * micro_batch / elapsed
@@ -75,19 +81,21 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--formats", nargs="+", default=["zstd", "png", "jpeg"])
+    ap.add_argument("--cpu-float", action="store_true",
+                    help="convert each batch to float on the CPU, as a CPU-only worker does (default: as a GPU "
+                         "worker, which moves the uint8 batch and converts it on the device)")
     args = ap.parse_args()
-    import torch
     torch.set_num_threads(1)  # the worker's training step has its own threads; this measures the reader
     bases = [decode_and_preprocess(open(im.path, "rb").read()) for im in sample_images(args.images)]
     print(f"{len(bases)} real ImageNet JPEGs (official resize, offsets-4 views), micro-batch {args.micro_batch}, "
-          f"{args.batches} batches per run, medians of {args.repeats}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}\n")
+          f"{args.batches} batches per run, medians of {args.repeats}, {os.cpu_count()} CPUs, float conversion on "
+          f"the {'CPU' if args.cpu_float else 'GPU (uint8 handed over)'}, load average {os.getloadavg()[0]:.2f}\n")
     print(f"{'stored as':10s} {'1 thread img/s':>15s} {'ms/img':>7s} {'2 threads img/s':>16s} {'scaling':>8s} "
           f"{'cores for 2,000 img/s':>22s}")
     for fmt in args.formats:
         table = proxy_rows(bases, fmt)
-        one = statistics.median(images_per_s(table, 1, args.batches, args.micro_batch) for _ in range(args.repeats))
-        two = statistics.median(images_per_s(table, 2, args.batches, args.micro_batch) for _ in range(args.repeats))
+        one, two = (statistics.median(images_per_s(table, threads, args.batches, args.micro_batch, args.cpu_float)
+                                      for _ in range(args.repeats)) for threads in (1, 2))
         print(f"{fmt:10s} {one:15.0f} {1e3 / one:7.2f} {two:16.0f} {two / (2 * one):8.2f} {TARGET / one:22.1f}")
 
 
