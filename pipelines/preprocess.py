@@ -23,9 +23,10 @@ identical pixels by construction.
     train: RandomCrop(256) + RandomHorizontalFlip()   eval: CenterCrop(256)
     ToTensor()   # [0, 1]; Normalize(mean 0, std 1) is the identity
 
-`decode_and_preprocess` stops after the resize and returns the base image. The resize is that same
-torchvision `Resize` on the same PIL image, so pixels are identical: the long side becomes
-int(256 * long / short) (truncated, not rounded), and Pillow's bicubic filter always antialiases.
+`decode_and_preprocess` stops after the resize and returns the base image. The resize does what that
+torchvision `Resize` does to a PIL image (its size rule, then the same Pillow call), so pixels are
+identical: the long side becomes int(256 * long / short) (truncated, not rounded), and Pillow's
+bicubic filter always antialiases. torchvision itself is not imported (decode workers start faster).
 
 Deviations from the official reader, all on images it would mishandle:
 - EXIF orientation is applied (`ImageOps.exif_transpose`); the official reader ignores it, so
