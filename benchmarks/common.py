@@ -68,9 +68,11 @@ def shard_list(work: Path, shards: int) -> str:
 
 
 def sample_images(n: int) -> list[SourceImage]:
-    """The first n of the 250 real ImageNet JPEGs; beyond 250 the sample repeats under new keys."""
+    """The first n of the 250 real ImageNet JPEGs; beyond 250 the sample repeats under new keys that sort
+    after the whole previous copy, so a shard holds distinct images (as a real one does: Parquet's
+    compression would otherwise find the repeats of one image side by side)."""
     found = sorted(collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv")), key=lambda im: im.key)
-    return [SourceImage(f"{im.key}_{i // len(found)}" if i >= len(found) else im.key, im.path, im.label)
+    return [SourceImage(f"zz{i // len(found):03d}_{im.key}" if i >= len(found) else im.key, im.path, im.label)
             for i, im in ((i, found[i % len(found)]) for i in range(n))]
 
 

@@ -1,6 +1,7 @@
 """The CPU side of the shard jobs, as on a GPU node where the model costs next to nothing.
 
-    python benchmarks/cpu_side.py [--images 6144] [--repeats 3] [--image-format zstd]
+    python benchmarks/cpu_side.py [--images 6144] [--repeats 3] [--image-format zstd] [--per-shard 64]
+                                  [--only-regime]
 
 1. Per stage, ms per image on one thread, for precompute (which stores the base image) and tokenize
    (which does not), on real ImageNet JPEGs (the 250 of the sample, repeated under new keys): read
@@ -16,7 +17,10 @@
    is `jobs/precompute_proxy.py` / `jobs/tokenize_dataset.py` with a model actor of 0.1 CPU (a GPU
    actor mostly waits) and decode / write tasks that fit the remaining CPUs. Two image counts give
    the fixed cost and the steady-state images/s of each (`seconds = fixed + images / rate`); the
-   steady-state ratio, job / loop, is printed last.
+   steady-state ratio, job / loop, is printed last. One untimed run of each comes first (the first
+   job of a Ray session also starts its worker processes), then job and loop alternate at every
+   count, `--repeats` times, and the medians are fitted. Shards hold `--per-shard` images (ImageNet
+   WebDataset shards usually hold ~1,000; the per-shard cost of Ray's tasks shows at small sizes).
 """
 
 from __future__ import annotations
@@ -111,56 +115,11 @@ def stage_costs(work: Path, image_format: str, repeats: int) -> dict[str, float]
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
-class ShardRows(torch.utils.data.Dataset):
-    """The loop's input: one item per shard, decoded by the job's own decode function."""
-
-    def __init__(self, shards: list[str], opts: DecodeOptions):
-        self.shards, self.opts = shards, opts
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, i: int) -> dict:
-        return decode_shard({"shard": self.shards[i], "name": Path(self.shards[i]).stem}, self.opts)
-
-
-def plain_loop(shards: list[str], out: Path, model_dir: str, image_format: str | None, cpus: int) -> float:
-    """DataLoader with a worker per CPU decoding shards; the main process encodes (free) and writes."""
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    keep = image_format is not None
-    opts = DecodeOptions(image_format=image_format or "none", num_classes=None)
-    model = EncodeViews(model_dir, "--model", "center", 256, 32, 256 if keep else 32)
-    meta = S.DatasetMetadata("center", tuple(view_specs("center")), 256, 256 if keep else 32, image_format,
-                             teacher=S.ModelIdentity("MaskGITVQGAN", {}, "0" * 64, "x") if keep else None,
-                             tokenizer=None if keep else S.ModelIdentity("TiTok", {}, "0" * 64, "x"),
-                             proxy_codebook_size=1024 if keep else None, codebook_size=None if keep else 256)
-    loader = torch.utils.data.DataLoader(ShardRows(shards, opts), batch_size=None, num_workers=cpus)
-    for row in loader:
-        write_shard(model(row), str(out), meta)
-    return time.perf_counter() - t0
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=6144,
-                    help="a multiple of 192 (two counts: a third and all; the model actor's start-up, ~5 CPU-s, overlaps the decoding of the first ~1,000 images, so smaller counts do not reach the steady state)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--image-format", choices=("zstd", "png", "jpeg"), default="zstd")
-    args = ap.parse_args()
-    import ray
-    images = sample_images(args.images)
-    work = make_workdir(images, PER_SHARD)
-    torch.manual_seed(0)
-    save_pretrained(MaskGITVQGAN(VQGAN_PRESETS["debug"]), work / "teacher")  # never run: the model is free
-    save_pretrained(TiTok(PRESETS["debug"]), work / "tokenizer")
-    cpus = os.cpu_count() or 2
-
-    torch.set_num_threads(1)
-    costs = stage_costs(work, args.image_format, 1)
+def stage_costs_report(work: Path, image_format: str, n: int) -> None:
+    costs = stage_costs(work, image_format, 1)
     irreducible = costs["decode"] + costs["resize"]
-    print(f"1. CPU stages, ms per image, one thread, {len(images)} real ImageNet JPEGs, base images stored as "
-          f"{args.image_format}")
+    print(f"1. CPU stages, ms per image, one thread, {n} real ImageNet JPEGs, base images stored as "
+          f"{image_format}")
     print(f"   {'stage':10s} {'precompute':>10s} {'tokenize':>9s}")
     for stage, v in costs.items():
         print(f"   {stage:10s} {v:10.2f} {0.0 if stage == 'store' else v:9.2f}")
@@ -175,6 +134,59 @@ def main() -> None:
     print(f"   on a GPU node (to-tensor runs on the GPU): precompute {gpu_pre / irreducible:.2f}x, "
           f"tokenize {gpu_tok / irreducible:.2f}x\n")
 
+
+class ShardRows(torch.utils.data.Dataset):
+    """The loop's input: one item per shard, decoded by the job's own decode function."""
+
+    def __init__(self, shards: list[str], opts: DecodeOptions):
+        self.shards, self.opts = shards, opts
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> S.DecodedShard:
+        return decode_shard(self.shards[i], Path(self.shards[i]).stem, self.opts)
+
+
+def plain_loop(shards: list[str], out: Path, model_dir: str, image_format: str | None, cpus: int) -> float:
+    """DataLoader with a worker per CPU decoding shards; the main process encodes (free) and writes."""
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    keep = image_format is not None
+    opts = DecodeOptions(image_format=image_format or "none", num_classes=None)
+    model = EncodeViews(model_dir, "--model", "center", 256, 32, 256 if keep else 32)
+    meta = S.DatasetMetadata("center", tuple(view_specs("center")), 256, 256 if keep else 32, image_format,
+                             teacher=S.ModelIdentity("MaskGITVQGAN", {}, "0" * 64, "x") if keep else None,
+                             tokenizer=None if keep else S.ModelIdentity("TiTok", {}, "0" * 64, "x"),
+                             proxy_codebook_size=1024 if keep else None, codebook_size=None if keep else 256)
+    loader = torch.utils.data.DataLoader(ShardRows(shards, opts), batch_size=None, num_workers=cpus)
+    for shard in loader:
+        write_shard(model.encode_shard(shard), str(out), meta)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=6144,
+                    help="a multiple of 192 (two counts: a third and all; the model actor's start-up, ~5 CPU-s, overlaps the decoding of the first ~1,000 images, so smaller counts do not reach the steady state)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--per-shard", type=int, default=PER_SHARD, help="images per input shard")
+    ap.add_argument("--only-regime", action="store_true", help="skip part 1 (the per-stage costs)")
+    ap.add_argument("--image-format", choices=("zstd", "png", "jpeg"), default="zstd")
+    args = ap.parse_args()
+    import ray
+    images = sample_images(args.images)
+    per_shard = args.per_shard
+    work = make_workdir(images, per_shard)
+    torch.manual_seed(0)
+    save_pretrained(MaskGITVQGAN(VQGAN_PRESETS["debug"]), work / "teacher")  # never run: the model is free
+    save_pretrained(TiTok(PRESETS["debug"]), work / "tokenizer")
+    cpus = os.cpu_count() or 2
+
+    torch.set_num_threads(1)
+    if not args.only_regime:
+        stage_costs_report(work, args.image_format, len(images))
+
     os.environ[FREE_MODEL_ENV] = "1"  # inherited by the job's Ray workers
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, num_cpus=cpus)
@@ -185,22 +197,31 @@ def main() -> None:
     try:
         for name, job, model, fmt in (("precompute", precompute, ["--teacher", str(work / "teacher")], args.image_format),
                                       ("tokenize", tokenize, ["--tokenizer", str(work / "tokenizer")], None)):
-            job_med, loop_med = [], []
-            for n in counts:
-                extra = ["--image-format", fmt] if fmt else []
-                argv = ["--input", shard_list(work, n // PER_SHARD), *model, "--views", "center", *compute, *extra]
-                shards = sorted(str(p) for p in (work / "shards").glob("*.tar"))[: n // PER_SHARD]
-                job_s, loop_s = [], []
-                for _ in range(args.repeats):
-                    job_s.append(timed_job(job, argv, work / "out"))
-                    loop_s.append(plain_loop(shards, work / "loop-out", model[1], fmt, cpus))
-                job_med.append(statistics.median(job_s))
-                loop_med.append(statistics.median(loop_s))
-                print(f"   {name} {n} images: job {job_med[-1]:.2f} s, loop {loop_med[-1]:.2f} s", flush=True)
+            extra = ["--image-format", fmt] if fmt else []
+
+            def run_job(n: int) -> float:
+                argv = ["--input", shard_list(work, n // per_shard), *model, "--views", "center", *compute, *extra]
+                return timed_job(job, argv, work / "out")
+
+            def run_loop(n: int) -> float:
+                shards = sorted(str(p) for p in (work / "shards").glob("*.tar"))[: n // per_shard]
+                return plain_loop(shards, work / "loop-out", model[1], fmt, cpus)
+
+            run_job(counts[0])  # warm-up, not timed: the first job of a session also starts Ray's workers
+            run_loop(counts[0])
+            job_s: dict[int, list[float]] = {n: [] for n in counts}
+            loop_s: dict[int, list[float]] = {n: [] for n in counts}
+            for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits both alike
+                for n in counts:
+                    job_s[n].append(run_job(n))
+                    loop_s[n].append(run_loop(n))
+                    print(f"   {name} {n} images: job {job_s[n][-1]:.2f} s, loop {loop_s[n][-1]:.2f} s", flush=True)
+            job_med = [statistics.median(job_s[n]) for n in counts]
+            loop_med = [statistics.median(loop_s[n]) for n in counts]
             results[name] = (fit_fixed_and_rate(counts, job_med), fit_fixed_and_rate(counts, loop_med))
     finally:
         ray.shutdown()
-    print(f"2. The GPU regime, simulated (free model), {cpus} CPUs, counts {counts}, medians of {args.repeats}, "
+    print(f"2. The GPU regime, simulated (free model), {cpus} CPUs, {per_shard} images per shard, counts {counts}, medians of {args.repeats}, "
           f"load average {os.getloadavg()[0]:.2f}")
     for name, ((jf, jr), (lf, lr)) in results.items():
         print(f"   {name:10s} loop: fixed {lf:4.1f} s, {lr:6.1f} img/s   job: fixed {jf:4.1f} s, {jr:6.1f} img/s   "
