@@ -38,19 +38,21 @@ Dataset metadata: every data file's schema carries one JSON object under the `ti
 (its identity) and the stored image format. Writers build it, readers (training, tokenizing a
 proxy dataset, evaluation) parse it back with `DatasetMetadata.from_schema`.
 
-Between the Ray stages of a shard job a whole shard travels as ONE row (so it is never split and is
-the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model -> write) and
-`ShardResult` (write -> driver), each with `to_row` / `from_row`; the evaluation job's model stage
-sends `EvaluatedShard` to its write stage instead of `EncodedShard`. The sampling job sends a chunk
-of classes the same way: `SampledChunk` (model -> write), then `ShardResult`.
+Between the Ray stages of a shard job a whole shard travels as ONE row of an Arrow batch (so it is
+never split and is the unit of commit): `DecodedShard` (decode -> model), `EncodedShard` (model ->
+write) and `ShardResult` (write -> driver), each a `ShardRow` with `to_table` / `from_table` (its
+images travel without copies); the evaluation job's model stage sends `EvaluatedShard` to its write
+stage instead of `EncodedShard`. The sampling job sends a chunk of classes the same way:
+`SampledChunk` (model -> write), then `ShardResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -250,17 +252,122 @@ class DatasetMetadata:
 
 
 # --------------------------------------------------------------------------------------------
-# Rows between the stages of a shard job (Ray Data rows: one per shard)
+# Rows between the stages of a shard job (one row per shard, in Arrow batches)
 #
-# A row's values must be types Arrow infers the same way for every shard, whatever it holds:
-# lists of bytes / strings / ints, and scalars. Two kinds of value are therefore serialised:
-# numpy arrays as raw bytes plus their shape (Arrow would otherwise make a tensor extension
-# type per shape), and the quarantine records and statistics as JSON text (a shard with no
-# errors would give an empty list of type null, and statistics differ in keys between models,
-# both of which make Ray fail to combine the blocks of two shards).
+# Each stage is a Ray Data `map_batches` over Arrow tables (`batch_format="pyarrow"`), one row per
+# shard, and each kind of row below declares its columns with fixed Arrow types (`COLUMNS`), so
+# every shard's table has the same schema whatever it holds (an empty list, no errors). Large
+# binary values travel without copies: a row's blob (`BLOB`, bytes or a numpy array) or list of
+# blobs (`BLOBS`, e.g. a shard's decoded images) becomes one Arrow buffer, Ray moves it through the
+# object store, and the next stage reads numpy views of that buffer (`Blobs`). (Ray Data's row
+# path, `map`, serialised every ~28 MB shard row once more only to estimate its size, and converted
+# each value to Python and back: benchmarks/cpu_side.py measures the difference.)
+# Numpy arrays travel as raw bytes plus their shape; quarantine records and statistics as JSON text.
+
+BLOB = "blob"
+BLOBS = "blobs"
+SHARD_INPUT: dict[str, Any] = {"shard": pa.string(), "name": pa.string()}  # the plan: one row per input file
 
 
-def _array(data: bytes, shape: list[int], dtype: type) -> np.ndarray:
+class Blobs(Sequence):
+    """A row's list of binary values read from an Arrow batch: item i is a read-only uint8 view of
+    the batch's buffer (no copy); `arrow` is the array itself, to write back without a copy."""
+
+    def __init__(self, array: pa.LargeBinaryArray):
+        self.arrow = array
+        n = len(array)
+        offsets, data = array.buffers()[1:3]
+        self._offsets = np.frombuffer(offsets, np.int64, count=n + 1, offset=array.offset * 8)
+        self._data = np.frombuffer(data, np.uint8) if data is not None and data.size else np.empty(0, np.uint8)
+        self._data.flags.writeable = False  # the batch's buffer may be shared with the next stage
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self._data[self._offsets[i]:self._offsets[i + 1]]
+
+
+def binary_array(values: Sequence, type: pa.DataType = pa.large_binary()) -> pa.Array:
+    """Blobs (bytes or numpy arrays) as one Arrow binary array, copied once into one buffer (a `Blobs`
+    read from a batch is passed on as it is)."""
+    if isinstance(values, Blobs):
+        return values.arrow if values.arrow.type == type else values.arrow.cast(type)
+    views = [np.frombuffer(v, np.uint8) if isinstance(v, bytes | bytearray | memoryview)
+             else np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values]
+    offsets = np.zeros(len(views) + 1, np.int64)
+    np.cumsum([v.size for v in views], out=offsets[1:])
+    data = np.concatenate(views) if views else np.empty(0, np.uint8)
+    array = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(views),
+                                             [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return array if type == pa.large_binary() else array.cast(type)
+
+
+def rows_to_table(rows: list[dict[str, Any]], columns: dict[str, Any]) -> pa.Table:
+    """Rows (dicts with the keys of `columns`) -> an Arrow table of the declared types."""
+    arrays = {}
+    for name, kind in columns.items():
+        values = [row[name] for row in rows]
+        if kind == BLOB:
+            arrays[name] = binary_array(values)
+        elif kind == BLOBS:
+            lengths = np.zeros(len(values) + 1, np.int32)
+            np.cumsum([len(v) for v in values], out=lengths[1:])
+            flat = values[0] if len(values) == 1 else [b for v in values for b in v]
+            arrays[name] = pa.ListArray.from_arrays(pa.array(lengths), binary_array(flat))
+        else:
+            arrays[name] = pa.array(values, kind)
+    return pa.table(arrays)
+
+
+def table_to_rows(table: pa.Table, columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """An Arrow table written by `rows_to_table` -> its rows; blobs as numpy views, `BLOBS` as `Blobs`."""
+    rows: list[dict[str, Any]] = [{} for _ in range(table.num_rows)]
+    for name, kind in columns.items():
+        column = table.column(name)
+        if kind == BLOB:
+            chunks = [Blobs(c) for c in column.chunks]
+            values: list[Any] = [c[i] for c in chunks for i in range(len(c))]
+        elif kind == BLOBS:
+            values = [_list_blobs(c, i) for c in column.chunks for i in range(len(c))]
+        else:
+            values = column.to_pylist()
+        for row, value in zip(rows, values):
+            row[name] = value
+    return rows
+
+
+def _list_blobs(array: pa.ListArray, i: int) -> Blobs:
+    offsets = np.frombuffer(array.buffers()[1], np.int32, count=len(array) + 1, offset=array.offset * 4)
+    return Blobs(array.values.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i])))
+
+
+class ShardRow:
+    """A kind of row between two stages: `COLUMNS` (name -> Arrow type, `BLOB` or `BLOBS`) and the
+    subclass's `to_row` / `from_row` (the object <-> a dict of those columns)."""
+
+    COLUMNS: ClassVar[dict[str, Any]]
+
+    def to_row(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def to_table(cls, items: list[Any]) -> pa.Table:
+        return rows_to_table([item.to_row() for item in items], cls.COLUMNS)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Any]:
+        return [cls.from_row(row) for row in table_to_rows(table, cls.COLUMNS)]
+
+
+def _array(data: Any, shape: list[int], dtype: type) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape([int(s) for s in shape])
 
 
@@ -273,18 +380,23 @@ def _errors_from_json(text: str) -> list[SampleErrorRecord]:
 
 
 @dataclass
-class DecodedShard:
+class DecodedShard(ShardRow):
     """A shard's usable samples as base images, plus its quarantine records (decode -> model stage).
 
     Args:
         shard: input URL; name: output name (pipelines.commit.shard_name).
         keys / labels / sources / members: per sample, as in the dataset.
         images: per sample, the stored base image bytes (b"" when the dataset keeps no image).
-        pixels: per sample, the base image as the model sees it, raw (H, W, 3) uint8 bytes.
+        pixels: per sample, the base image as the model sees it, (H, W, 3) uint8 (flat after a stage).
         heights / widths: per sample, the base image's size.
         errors: quarantined samples.
         failed: the shard could not be read at all (missing, I/O error): it is not committed.
     """
+
+    COLUMNS: ClassVar[dict[str, Any]] = {
+        "shard": pa.string(), "name": pa.string(), "keys": pa.list_(pa.string()), "labels": pa.list_(pa.int64()),
+        "sources": pa.list_(pa.string()), "members": pa.list_(pa.string()), "images": BLOBS, "pixels": BLOBS,
+        "heights": pa.list_(pa.int32()), "widths": pa.list_(pa.int32()), "errors": pa.string(), "failed": pa.bool_()}
 
     shard: str
     name: str
@@ -292,8 +404,8 @@ class DecodedShard:
     labels: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
-    images: list[bytes] = field(default_factory=list)
-    pixels: list[bytes] = field(default_factory=list)
+    images: Sequence = field(default_factory=list)  # of bytes (a `Blobs` after a stage)
+    pixels: Sequence = field(default_factory=list)  # of numpy arrays
     heights: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
     errors: list[SampleErrorRecord] = field(default_factory=list)
@@ -306,7 +418,7 @@ class DecodedShard:
         self.sources.append(source)
         self.members.append(member)
         self.images.append(stored)
-        self.pixels.append(np.ascontiguousarray(pixels).tobytes())
+        self.pixels.append(np.ascontiguousarray(pixels))
         self.heights.append(int(pixels.shape[0]))
         self.widths.append(int(pixels.shape[1]))
 
@@ -314,26 +426,24 @@ class DecodedShard:
         return len(self.keys)
 
     def base_image(self, i: int) -> np.ndarray:
-        """Sample i's base image, (H, W, 3) uint8 (a view of the row's bytes, read-only)."""
+        """Sample i's base image, (H, W, 3) uint8 (after a stage, a read-only view of the batch)."""
         return _array(self.pixels[i], [self.heights[i], self.widths[i], 3], np.uint8)
 
     def to_row(self) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy of the pixels
         row["errors"] = _errors_json(self.errors)
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> DecodedShard:
         d = {f.name: row[f.name] for f in dataclasses.fields(cls)}
-        for name in ("keys", "labels", "sources", "members", "images", "pixels", "heights", "widths"):
-            d[name] = list(d[name])
         d["errors"] = _errors_from_json(row["errors"])
         d["failed"] = bool(d["failed"])
         return cls(**d)
 
 
 @dataclass
-class EncodedShard:
+class EncodedShard(ShardRow):
     """A shard with its codes (model -> write stage). The sample fields are `DecodedShard`'s.
 
     Args:
@@ -343,13 +453,18 @@ class EncodedShard:
         stats: summed statistics for the job summary (bf16 agreement, verification).
     """
 
+    COLUMNS: ClassVar[dict[str, Any]] = {
+        **{k: v for k, v in DecodedShard.COLUMNS.items() if k != "pixels"},
+        "codes": BLOB, "codes_shape": pa.list_(pa.int64()), "view_offsets": BLOB,
+        "view_offsets_shape": pa.list_(pa.int64()), "view_flips": pa.list_(pa.bool_()), "stats": pa.string()}
+
     shard: str
     name: str
     keys: list[str]
     labels: list[int]
     sources: list[str]
     members: list[str]
-    images: list[bytes]
+    images: Sequence
     heights: list[int]
     widths: list[int]
     errors: list[SampleErrorRecord]
@@ -368,8 +483,8 @@ class EncodedShard:
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         row["errors"] = _errors_json(self.errors)
-        row["codes"], row["codes_shape"] = self.codes.astype(np.uint16).tobytes(), list(self.codes.shape)
-        row["view_offsets"] = self.view_offsets.astype(np.int32).tobytes()
+        row["codes"], row["codes_shape"] = self.codes.astype(np.uint16), list(self.codes.shape)
+        row["view_offsets"] = self.view_offsets.astype(np.int32)
         row["view_offsets_shape"] = list(self.view_offsets.shape)
         row["stats"] = json.dumps(self.stats)
         return row
@@ -377,8 +492,6 @@ class EncodedShard:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> EncodedShard:
         d = {f.name: row[f.name] for f in dataclasses.fields(cls)}
-        for name in ("keys", "labels", "sources", "members", "images", "heights", "widths"):
-            d[name] = list(d[name])
         d["errors"] = _errors_from_json(row["errors"])
         d["failed"] = bool(d["failed"])
         d["codes"] = _array(row["codes"], row["codes_shape"], np.uint16)
@@ -389,7 +502,7 @@ class EncodedShard:
 
 
 @dataclass
-class ShardResult:
+class ShardResult(ShardRow):
     """What the driver learns about one shard (write stage -> driver): counts, not data.
 
     Args:
@@ -398,6 +511,10 @@ class ShardResult:
         bytes: size of the data file written.
         stats: the model stage's summed statistics.
     """
+
+    COLUMNS: ClassVar[dict[str, Any]] = {
+        "shard": pa.string(), "name": pa.string(), "rows": pa.int64(), "errors": pa.string(), "failed": pa.bool_(),
+        "bytes": pa.int64(), "stats": pa.string()}
 
     shard: str
     name: str
@@ -420,7 +537,7 @@ class ShardResult:
 
 
 @dataclass
-class EvaluatedShard:
+class EvaluatedShard(ShardRow):
     """A shard's per-image measurements and its committed side files (evaluation model -> write stage).
 
     Args:
@@ -431,6 +548,12 @@ class EvaluatedShard:
             (`_stats/<name>.npz`: feature moments and token histogram; `_grids/<name>.parquet`).
         stats: summed statistics for the job summary.
     """
+
+    COLUMNS: ClassVar[dict[str, Any]] = {
+        **{k: DecodedShard.COLUMNS[k] for k in ("shard", "name", "keys", "labels", "sources", "members", "errors",
+                                               "failed")},
+        "tokens": BLOB, "tokens_shape": pa.list_(pa.int64()), "psnr": BLOB, "ssim": BLOB, "lpips": BLOB,
+        "side_files": pa.list_(pa.string()), "side_file_bytes": BLOBS, "stats": pa.string()}
 
     shard: str
     name: str
@@ -450,9 +573,9 @@ class EvaluatedShard:
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         row["errors"] = _errors_json(self.errors)
-        row["tokens"], row["tokens_shape"] = self.tokens.astype(np.uint16).tobytes(), list(self.tokens.shape)
+        row["tokens"], row["tokens_shape"] = self.tokens.astype(np.uint16), list(self.tokens.shape)
         for name in ("psnr", "ssim", "lpips"):
-            row[name] = np.asarray(row[name], np.float64).tobytes()
+            row[name] = np.asarray(row[name], np.float64)
         # two parallel lists: a dict's keys would become a struct type that differs between shards
         row["side_files"] = sorted(self.side_files)
         row["side_file_bytes"] = [self.side_files[k] for k in row["side_files"]]
@@ -467,11 +590,12 @@ class EvaluatedShard:
             list(row["members"]), _errors_from_json(row["errors"]), bool(row["failed"]),
             _array(row["tokens"], row["tokens_shape"], np.uint16),
             *(_array(row[k], [n], np.float64) for k in ("psnr", "ssim", "lpips")),
-            side_files=dict(zip(row["side_files"], row["side_file_bytes"])), stats=json.loads(row["stats"]))
+            side_files={k: bytes(v) for k, v in zip(row["side_files"], row["side_file_bytes"])},
+            stats=json.loads(row["stats"]))
 
 
 @dataclass
-class SampledChunk:
+class SampledChunk(ShardRow):
     """A chunk of generated images (sampling job: model stage -> write stage).
 
     Args:
@@ -482,6 +606,11 @@ class SampledChunk:
         stats: summed timings for the job summary (generate_s, decode_s, measure_s).
         stats_file: the chunk's features / logits file for gFID and IS (empty: not measured).
     """
+
+    COLUMNS: ClassVar[dict[str, Any]] = {
+        "index": pa.int64(), "name": pa.string(), "labels": pa.list_(pa.int64()), "indices": pa.list_(pa.int64()),
+        "tokens": BLOB, "tokens_shape": pa.list_(pa.int64()), "images": BLOB, "images_shape": pa.list_(pa.int64()),
+        "stats": pa.string(), "stats_file": BLOB}
 
     index: int
     name: str
@@ -494,8 +623,8 @@ class SampledChunk:
 
     def to_row(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "labels": self.labels, "indices": self.indices,
-                "tokens": self.tokens.astype(np.uint16).tobytes(), "tokens_shape": list(self.tokens.shape),
-                "images": self.images.astype(np.uint8).tobytes(), "images_shape": list(self.images.shape),
+                "tokens": self.tokens.astype(np.uint16), "tokens_shape": list(self.tokens.shape),
+                "images": self.images.astype(np.uint8), "images_shape": list(self.images.shape),
                 "stats": json.dumps(self.stats), "stats_file": self.stats_file}
 
     @classmethod

@@ -319,17 +319,17 @@ def test_sampling_is_deterministic_and_independent_of_the_worker_count(samples, 
     assert len(pngs) == 12 and all((scored / p).read_bytes() == (samples / p).read_bytes() for p in pngs)
     # the seed decides: chunk 0 (class 0, 3 images) drawn by a model actor's code with seeds 42 and 7
     from pipelines.sample.model import SampleChunks
+    from pipelines.sample.plan import Chunk
     config = json.loads((samples / "sample_config.json").read_text())
-    chunk = {"index": 0, "classes": [0], "per_class": 3}
     threads = torch.get_num_threads()  # the actors' 1 thread (same float reductions), then this process's again
     try:
         tokens = {seed: SampleChunks(str(generator_run / "model"), tokenizer, config["sampling"], seed, 2,
-                                     threads=1)(chunk)["tokens"] for seed in (42, 7)}
+                                     threads=1).sample(Chunk(0, (0,), 3)).tokens for seed in (42, 7)}
     finally:
         torch.set_num_threads(threads)
     stored = pq.read_table(samples / "tokens" / "chunk-000000.parquet").column("tokens").to_pylist()
-    assert np.frombuffer(tokens[42], np.uint16).tolist() == [t for row in stored for t in row]
-    assert tokens[7] != tokens[42]
+    assert tokens[42].tolist() == stored
+    assert tokens[7].tolist() != tokens[42].tolist()
 
 
 def test_end_to_end_fid_and_inception_score_against_reference_statistics(scored, reference, crops):

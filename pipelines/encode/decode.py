@@ -4,13 +4,14 @@
                      stored (PNG / JPEG) when the dataset keeps it
     proxy .parquet   the stored base images of a proxy dataset, as they are (tokenize a proxy dataset)
 
-Returns a `schema.DecodedShard` row: a shard is never split, it is the unit of work and of commit.
+Returns a `schema.DecodedShard`: a shard is never split, it is the unit of work and of commit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+import pyarrow as pa
 
 from .. import schema as S
 from ..preprocess import (
@@ -51,12 +52,18 @@ class DecodeOptions:
             raise ValueError(f"image_format {self.image_format!r}: use png, jpeg or none")
 
 
-def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict | None = None) -> dict[str, Any]:
-    """Ray Data stage: {"shard": url, "name": stem} -> a `DecodedShard` row."""
-    if row["shard"].endswith(".parquet"):
-        return decode_proxy_file(row["shard"], row["name"], opts, storage_options).to_row()
-    out = S.DecodedShard(row["shard"], row["name"])
-    for item in iter_samples(row["shard"], storage_options=storage_options, num_classes=opts.num_classes):
+def decode_shards(batch: pa.Table, opts: DecodeOptions, storage_options: dict | None = None) -> pa.Table:
+    """Ray Data stage: plan rows (`schema.SHARD_INPUT`: url, name) -> `DecodedShard` rows."""
+    return S.DecodedShard.to_table([decode_shard(row["shard"], row["name"], opts, storage_options)
+                                    for row in batch.select(list(S.SHARD_INPUT)).to_pylist()])
+
+
+def decode_shard(url: str, name: str, opts: DecodeOptions, storage_options: dict | None = None) -> S.DecodedShard:
+    """One input file (a tar shard, or a proxy dataset's Parquet file) -> its usable samples and quarantine records."""
+    if url.endswith(".parquet"):
+        return decode_proxy_file(url, name, opts, storage_options)
+    out = S.DecodedShard(url, name)
+    for item in iter_samples(url, storage_options=storage_options, num_classes=opts.num_classes):
         if isinstance(item, SampleErrorRecord):
             out.errors.append(item)
             out.failed |= item.reason == UNREADABLE_SHARD
@@ -71,7 +78,7 @@ def decode_shard(row: dict[str, Any], opts: DecodeOptions, storage_options: dict
         if opts.image_format != "none":
             stored, pixels = encode_stored_image(pixels, opts.image_format)
         out.add(item.key, item.label, item.shard, item.member, stored, pixels)
-    return out.to_row()
+    return out
 
 
 def check_proxy_input(spec: str, resolution: int, storage_options: dict | None = None) -> S.DatasetMetadata:

@@ -1,13 +1,14 @@
 """The batch job behind precompute_proxy.py and tokenize_dataset.py: shards -> codes per view -> Parquet.
 
 Ray Data streaming, one row per input shard end to end (so a shard is never split and is the
-unit of commit):
+unit of commit), in Arrow batches whose large values pass between stages without copies
+(`schema.ShardRow`):
 
     from_items(shards not yet committed)
-      -> decode_shard      CPU tasks: read tar, quarantine bad samples, resize, store base image
-      -> EncodeViews       actor pool, one model per actor (GPU when asked): codes for every view
-      -> write_shard       CPU tasks: Parquet + errors + success record, atomically, per shard
-      -> driver            progress, images/s, job summary
+      -> decode_shards          CPU tasks: read tar, quarantine bad samples, resize, store base image
+      -> EncodeViews            actor pool, one model per actor (GPU when asked): codes for every view
+      -> write_encoded_shards   CPU tasks: Parquet + errors + success record, atomically, per shard
+      -> driver                 progress, images/s, job summary
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .. import schema as S
 from ..preprocess import view_specs
 from ..runtime import forwarded_env, init_ray
 from ..storage import expand_inputs, get_fs, is_local, s3_endpoint, storage_failure
-from .decode import DecodeOptions, decode_shard
+from .decode import DecodeOptions, decode_shards
 from .model import INFERENCE_PRECISIONS
 
 log = logging.getLogger("titok.encode")
@@ -164,8 +165,9 @@ class ShardTally:
 
 
 class Stage(NamedTuple):
-    """A stage of the shard pipeline: a function (CPU tasks) or a callable class (the model actor pool),
-    with its keyword arguments (`fn_constructor_kwargs` for a class)."""
+    """A stage of the shard pipeline: a function (CPU tasks) or a callable class (the model actor pool)
+    from an Arrow batch of one kind of `schema.ShardRow` to a batch of the next, with its keyword
+    arguments (`fn_constructor_kwargs` for a class)."""
 
     fn: Callable
     kwargs: dict[str, Any]
@@ -174,13 +176,13 @@ class Stage(NamedTuple):
 def encode_stages(cfg: EncodeJobConfig) -> tuple[Stage, Stage]:
     """This job's model stage (codes for every view) and write stage (one committed Parquet file)."""
     from .model import EncodeViews
-    from .write import write_shard
+    from .write import write_encoded_shards
 
     model = Stage(EncodeViews, dict(model_uri=cfg.model, option=cfg.model_option, views=cfg.dataset.views,
                                     crop=cfg.dataset.crop_size, batch_size=cfg.batch_size,
                                     codes_per_view=cfg.dataset.codes_per_view, precision=cfg.precision,
                                     threads=cfg.threads, verify_fraction=cfg.verify_fraction))
-    write = Stage(write_shard, dict(output=cfg.output, metadata=cfg.dataset, storage_options=cfg.storage_options))
+    write = Stage(write_encoded_shards, dict(output=cfg.output, metadata=cfg.dataset, storage_options=cfg.storage_options))
     return model, write
 
 
@@ -189,7 +191,7 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tup
 
     `stages` (model, write) replaces this job's own (`encode_stages`): another shard job (evaluation)
     keeps the decoding, resources, planning, commits and summary, and brings its own model work. Its
-    write stage must commit the shard and return a `schema.ShardResult` row.
+    write stage must commit each shard and return `schema.ShardResult` rows.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -197,20 +199,19 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tup
     model, write = stages or encode_stages(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    # Ray Data's per-operator reservation splits half the CPUs evenly over decode, model and write; a
-    # whole-CPU decode task then waits for a share while the CPUs idle (2 CPUs, free model: decode ran
-    # at 0.56 tasks on average, the job at 0.45x a plain DataLoader loop). Without it the scheduler
-    # still runs downstream operators first and backpressures on object-store memory (benchmarks/cpu_side.py).
-    ctx.op_resource_reservation_enabled = False
+    # Ray Data's per-operator resource reservation stays on: it is what holds decoding back when the
+    # model falls behind. Without it every decode task is submitted at once (32 queued on 2 CPUs),
+    # write tasks wait behind them, and decoded shards pile up in the object store (benchmarks/cpu_side.py).
     # One row per shard: never let Ray Data coalesce several shards into one task.
     ds = ray.data.from_items([{"shard": u, "name": n} for u, n in todo], override_num_blocks=len(todo))
-    # Storage credentials / endpoint reach every task, also on a cluster started without them.
-    env = {"runtime_env": {"env_vars": forwarded_env()}}
-    ds = ds.map(decode_shard, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
-                num_cpus=cfg.decode_cpus, **env)
-    ds = ds.map(model.fn, fn_constructor_kwargs=model.kwargs, compute=ActorPoolStrategy(size=cfg.workers),
-                num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **env)
-    return ds.map(write.fn, fn_kwargs=write.kwargs, num_cpus=cfg.decode_cpus, **env)
+    # Whole blocks (one shard each) as Arrow tables; storage credentials / endpoint reach every task,
+    # also on a cluster started without them.
+    common = {"batch_size": None, "batch_format": "pyarrow", "runtime_env": {"env_vars": forwarded_env()}}
+    ds = ds.map_batches(decode_shards, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
+                        num_cpus=cfg.decode_cpus, **common)
+    ds = ds.map_batches(model.fn, fn_constructor_kwargs=model.kwargs, compute=ActorPoolStrategy(size=cfg.workers),
+                        num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **common)
+    return ds.map_batches(write.fn, fn_kwargs=write.kwargs, num_cpus=cfg.decode_cpus, **common)
 
 
 def run(cfg: EncodeJobConfig, ray_address: str | None = None, *,
@@ -233,8 +234,9 @@ def run(cfg: EncodeJobConfig, ray_address: str | None = None, *,
         try:
             if todo:
                 init_ray(ray_address)
-                for row in build_dataset(cfg, todo, stages).iter_rows():
-                    tally.add(S.ShardResult.from_row(row))
+                for batch in build_dataset(cfg, todo, stages).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for result in S.ShardResult.from_table(batch):
+                        tally.add(result)
         except Exception as e:
             outage = storage_failure(e)
             if outage is None:

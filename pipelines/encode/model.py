@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from titok_core import MaskGITVQGAN
@@ -50,7 +50,7 @@ def inference_layout(model: torch.nn.Module, device: torch.device) -> torch.nn.M
 
 
 class EncodeViews:
-    """Ray Data callable class: `DecodedShard` row -> `EncodedShard` row (codes for every view).
+    """Ray Data callable class: `DecodedShard` rows -> `EncodedShard` rows (codes for every view).
 
     Args:
         model_uri: checkpoint (local path, URL or s3://; fetched once per node into the cache).
@@ -93,8 +93,11 @@ class EncodeViews:
             codes = self.model.encode(x)
         return codes.cpu().numpy().astype(np.uint16)
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        shard = S.DecodedShard.from_row(row)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data stage: `DecodedShard` rows -> `EncodedShard` rows."""
+        return S.EncodedShard.to_table([self.encode_shard(shard) for shard in S.DecodedShard.from_table(batch)])
+
+    def encode_shard(self, shard: S.DecodedShard) -> S.EncodedShard:
         n, nv = len(shard), len(self.views)
         bases = [shard.base_image(i) for i in range(n)]
         crops = [apply_view(image, v, self.crop) for image in bases for v in self.views]
@@ -118,7 +121,7 @@ class EncodeViews:
         stats = {"bf16_agree": agree, "bf16_compared": compared}
         if self.verify_fraction > 0 and n:
             stats.update(self.verify(shard.name, codes[:, 0], crops[::nv]))
-        return S.EncodedShard.from_decoded(shard, codes, offsets, [v.flip for v in self.views], stats).to_row()
+        return S.EncodedShard.from_decoded(shard, codes, offsets, [v.flip for v in self.views], stats)
 
     def verify(self, name: str, tokens: np.ndarray, crops: list[np.ndarray]) -> dict[str, float]:
         """PSNR / LPIPS sums over a seeded random subset of the shard's images (first view)."""

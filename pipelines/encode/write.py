@@ -1,4 +1,4 @@
-"""CPU stage: an `EncodedShard` row -> its committed Parquet file; returns a `ShardResult` row."""
+"""CPU stage: an `EncodedShard` -> its committed Parquet file; returns a `ShardResult`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def shard_table(shard: S.EncodedShard, metadata: S.DatasetMetadata) -> pa.Table:
     keep_image = metadata.image_format is not None
     if keep_image:
         columns.update({
-            S.IMAGE: pa.array(shard.images, pa.binary()),
+            S.IMAGE: S.binary_array(shard.images, pa.binary()),
             S.IMAGE_FORMAT: pa.array([metadata.image_format] * n, pa.string()),
             S.HEIGHT: pa.array(shard.heights, pa.int32()),
             S.WIDTH: pa.array(shard.widths, pa.int32()),
@@ -37,13 +37,19 @@ def shard_table(shard: S.EncodedShard, metadata: S.DatasetMetadata) -> pa.Table:
     return pa.Table.from_pydict(columns).cast(target)
 
 
-def write_shard(row: dict[str, Any], output: str, metadata: S.DatasetMetadata,
-                storage_options: dict | None = None) -> dict[str, Any]:
-    """Ray Data stage: commit one shard unless it could not be read at all (then it is reported as failed)."""
-    shard = S.EncodedShard.from_row(row)
+def write_encoded_shards(batch: pa.Table, output: str, metadata: S.DatasetMetadata,
+                         storage_options: dict | None = None) -> pa.Table:
+    """Ray Data stage: `EncodedShard` rows -> `ShardResult` rows, each shard committed."""
+    return S.ShardResult.to_table([write_shard(shard, output, metadata, storage_options)
+                                   for shard in S.EncodedShard.from_table(batch)])
+
+
+def write_shard(shard: S.EncodedShard, output: str, metadata: S.DatasetMetadata,
+                storage_options: dict | None = None) -> S.ShardResult:
+    """Commit one shard unless it could not be read at all (then it is reported as failed)."""
     result = S.ShardResult(shard.shard, shard.name, len(shard.keys), shard.errors, shard.failed, stats=shard.stats)
     if not shard.failed:
         record = commit_shard(output, shard.name, shard.shard, shard_table(shard, metadata), shard.errors,
                               {"codes_column": metadata.codes_column}, storage_options)
         result.bytes = record["bytes"]
-    return result.to_row()
+    return result

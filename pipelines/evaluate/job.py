@@ -5,10 +5,10 @@ skipped), decoding and quarantine, resources, progress bar and summary, and the 
 commits, with its own model and write stages:
 
     from_items(shards not yet committed)
-      -> decode_shard              CPU tasks: read tar / proxy Parquet, quarantine, resize (shared)
+      -> decode_shards             CPU tasks: read tar / proxy Parquet, quarantine, resize (shared)
       -> MeasureReconstructions    actor pool: centre crop, encode -> decode, uint8, PSNR / SSIM /
                                    LPIPS, feature moments, token histogram, grid candidates
-      -> write_evaluated_shard     CPU tasks: per-image Parquet + _stats/ + _grids/, then the success record
+      -> write_evaluated_shards    CPU tasks: per-image Parquet + _stats/ + _grids/, then the success record
       -> driver                    merge every committed shard (also skipped ones), compute FID once,
                                    metrics.json, metrics.md, worst.png / best.png
 
@@ -35,7 +35,7 @@ from . import report
 from .features import FeatureSpec, file_sha256
 from .measure import MeasureReconstructions
 from .protocol import PROTOCOL
-from .write import write_evaluated_shard
+from .write import write_evaluated_shards
 
 log = logging.getLogger("titok.evaluate")
 PER_IMAGE_DIR = "per_image"
@@ -133,7 +133,7 @@ def stages(cfg: EvaluateJobConfig) -> tuple[Stage, Stage]:
         model_uri=s.model, option=s.model_option, crop=meta.crop_size, batch_size=s.batch_size,
         precision=s.precision, threads=s.threads, features=cfg.features, real_features=cfg.reference is None,
         lpips=cfg.lpips, lpips_weights=cfg.lpips_weights, grid_rows=cfg.grid_rows, codebook_size=codebook))
-    write = Stage(write_evaluated_shard, dict(output=s.output, tokens_per_image=meta.codes_per_view,
+    write = Stage(write_evaluated_shards, dict(output=s.output, tokens_per_image=meta.codes_per_view,
                                               fingerprint=cfg.fingerprint(), storage_options=s.storage_options))
     return measure, write
 

@@ -8,9 +8,8 @@ token histogram (`stats.ShardStats`) and the worst / best candidates (`grids.Can
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import pyarrow as pa
 import torch
 
 from titok_core import MaskGITVQGAN
@@ -48,7 +47,7 @@ def ssim(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 
 class MeasureReconstructions:
-    """Ray Data callable class: `DecodedShard` row -> `EvaluatedShard` row.
+    """Ray Data callable class: `DecodedShard` rows -> `EvaluatedShard` rows.
 
     Args:
         model_uri / option: the tokenizer (path, URL, s3://) and the option that named it.
@@ -89,8 +88,11 @@ class MeasureReconstructions:
                 recon = self.model.decode_tokens(tokens, clamp=True)
         return tokens, recon.float()
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        shard = S.DecodedShard.from_row(row)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data stage: `DecodedShard` rows -> `EvaluatedShard` rows."""
+        return S.EvaluatedShard.to_table([self.measure_shard(shard) for shard in S.DecodedShard.from_table(batch)])
+
+    def measure_shard(self, shard: S.DecodedShard) -> S.EvaluatedShard:
         n = len(shard)
         crops = [apply_view(shard.base_image(i), CENTER, self.crop) for i in range(n)]
         stats = ShardStats.zeros(self.dim, self.codebook_size, real=self.real_features, device=self.device)
@@ -118,14 +120,13 @@ class MeasureReconstructions:
             ssims.append(batch_ssim)
             lpipss.append(batch_lpips)
         width = tokens[0].shape[1] if tokens else 0
-        out = S.EvaluatedShard(
+        return S.EvaluatedShard(
             shard.shard, shard.name, shard.keys, shard.labels, shard.sources, shard.members, shard.errors, shard.failed,
             tokens=np.concatenate(tokens) if tokens else np.zeros((0, width), np.uint16),
             psnr=_cat(psnrs), ssim=_cat(ssims), lpips=_cat(lpipss),
             side_files={f"_stats/{shard.name}.npz": stats.to_bytes(),
                         f"_grids/{shard.name}.parquet": candidates.to_bytes()},
         )
-        return out.to_row()
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""CPU stage: an `EvaluatedShard` row -> its committed per-image Parquet file and side files; returns a
-`ShardResult` row (the shard jobs' commit protocol, `pipelines.commit`)."""
+"""CPU stage: an `EvaluatedShard` -> its committed per-image Parquet file and side files; returns a
+`ShardResult` (the shard jobs' commit protocol, `pipelines.commit`)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,20 @@ def shard_table(shard: S.EvaluatedShard, tokens_per_image: int) -> pa.Table:
     }).cast(S.evaluation_schema(tokens_per_image))
 
 
-def write_evaluated_shard(row: dict[str, Any], output: str, tokens_per_image: int, fingerprint: dict[str, Any],
-                          storage_options: dict | None = None) -> dict[str, Any]:
-    """Ray Data stage: commit one shard (data, errors, `_stats/`, `_grids/`, then the success record,
-    which carries the run's `fingerprint`) unless it could not be read at all."""
-    shard = S.EvaluatedShard.from_row(row)
+def write_evaluated_shards(batch: pa.Table, output: str, tokens_per_image: int, fingerprint: dict[str, Any],
+                           storage_options: dict | None = None) -> pa.Table:
+    """Ray Data stage: `EvaluatedShard` rows -> `ShardResult` rows, each shard committed."""
+    return S.ShardResult.to_table([write_evaluated_shard(shard, output, tokens_per_image, fingerprint, storage_options)
+                                   for shard in S.EvaluatedShard.from_table(batch)])
+
+
+def write_evaluated_shard(shard: S.EvaluatedShard, output: str, tokens_per_image: int, fingerprint: dict[str, Any],
+                          storage_options: dict | None = None) -> S.ShardResult:
+    """Commit one shard (data, errors, `_stats/`, `_grids/`, then the success record, which carries the
+    run's `fingerprint`) unless it could not be read at all."""
     result = S.ShardResult(shard.shard, shard.name, len(shard.keys), shard.errors, shard.failed, stats=shard.stats)
     if not shard.failed:
         record = commit_shard(output, shard.name, shard.shard, shard_table(shard, tokens_per_image), shard.errors,
                               {"evaluation": fingerprint}, storage_options, side_files=shard.side_files)
         result.bytes = record["bytes"]
-    return result.to_row()
+    return result

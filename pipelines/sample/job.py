@@ -7,7 +7,7 @@ the shard jobs):
     from_items(chunks not yet committed)
       -> SampleChunks   actor pool, a generator and a tokenizer per actor (GPU when asked):
                         tokens -> images for every (class, index) of the chunk, seeded per chunk
-      -> write_chunk    CPU tasks: PNGs, then the chunk's Parquet + success record (pipelines.commit)
+      -> write_chunks   CPU tasks: PNGs, then the chunk's Parquet + success record (pipelines.commit)
       -> driver         progress, images/s; once every chunk is committed: the batch's description
                         (report.describe_batch) and the npz, rewritten only when the chunks changed;
                         with --reference-stats gFID and IS (pipelines.sample.metrics) -> metrics.json
@@ -173,21 +173,25 @@ def build_dataset(cfg: SampleJobConfig, todo: list[Chunk]):
     from ray.data import ActorPoolStrategy
 
     from .model import SampleChunks
-    from .write import write_chunk
+    from .write import write_chunks
 
     ray.data.DataContext.get_current().enable_progress_bars = True
     # One row per chunk: never let Ray Data coalesce chunks into one task.
     ds = ray.data.from_items([{"index": c.index, "classes": list(c.classes), "per_class": c.per_class} for c in todo],
                              override_num_blocks=len(todo))
-    env = {"runtime_env": {"env_vars": forwarded_env()}}
-    ds = ds.map(SampleChunks,
-                fn_constructor_kwargs=dict(generator=cfg.generator, tokenizer=cfg.tokenizer, sampling=cfg.sampling,
-                                           seed=cfg.seed, batch_size=cfg.batch_size, precision=cfg.precision,
-                                           threads=cfg.threads or max(1, int(cfg.num_cpus)), features=cfg.features),
-                compute=ActorPoolStrategy(size=cfg.workers), num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **env)
-    return ds.map(write_chunk, fn_kwargs=dict(output=cfg.output, table=cfg.table, seed=cfg.seed,
-                                              storage_options=cfg.storage_options),
-                  num_cpus=cfg.write_cpus, **env)
+    # Whole blocks (one chunk each) as Arrow tables (schema.ShardRow), as in the shard jobs.
+    common = {"batch_size": None, "batch_format": "pyarrow", "runtime_env": {"env_vars": forwarded_env()}}
+    ds = ds.map_batches(SampleChunks,
+                        fn_constructor_kwargs=dict(generator=cfg.generator, tokenizer=cfg.tokenizer,
+                                                   sampling=cfg.sampling, seed=cfg.seed, batch_size=cfg.batch_size,
+                                                   precision=cfg.precision,
+                                                   threads=cfg.threads or max(1, int(cfg.num_cpus)),
+                                                   features=cfg.features),
+                        compute=ActorPoolStrategy(size=cfg.workers), num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus,
+                        **common)
+    return ds.map_batches(write_chunks, fn_kwargs=dict(output=cfg.output, table=cfg.table, seed=cfg.seed,
+                                                       storage_options=cfg.storage_options),
+                          num_cpus=cfg.write_cpus, **common)
 
 
 def run(cfg: SampleJobConfig, ray_address: str | None = None) -> tuple[dict[str, Any], int]:
@@ -213,8 +217,9 @@ def run(cfg: SampleJobConfig, ray_address: str | None = None) -> tuple[dict[str,
         try:
             if todo:
                 init_ray(ray_address)
-                for row in build_dataset(cfg, todo).iter_rows():
-                    tally.add(S.ShardResult.from_row(row))
+                for batch in build_dataset(cfg, todo).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for result in S.ShardResult.from_table(batch):
+                        tally.add(result)
         except Exception as e:
             outage = storage_failure(e)
             if outage is None:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from titok_core import BertGenerator, SamplingConfig, TiTokReleased, UViTGenerator, generate
@@ -38,7 +39,7 @@ def to_uint8_truncated(images: torch.Tensor) -> np.ndarray:
 
 
 class SampleChunks:
-    """Ray Data callable class: a plan row {index, classes, per_class} -> a `SampledChunk` row.
+    """Ray Data callable class: plan rows {index, classes, per_class} -> `SampledChunk` rows.
 
     Args:
         generator / tokenizer: model URIs (fetched once per node into the cache).
@@ -68,8 +69,12 @@ class SampleChunks:
         self.features = features
         self.feature_net = build_feature_net(features, self.device) if features is not None else None
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        chunk = Chunk(int(row["index"]), tuple(int(c) for c in row["classes"]), int(row["per_class"]))
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data stage: plan rows {index, classes, per_class} -> `SampledChunk` rows."""
+        return S.SampledChunk.to_table([self.sample(Chunk(int(r["index"]), tuple(int(c) for c in r["classes"]),
+                                                           int(r["per_class"]))) for r in batch.to_pylist()])
+
+    def sample(self, chunk: Chunk) -> S.SampledChunk:
         rng = torch.Generator(self.device).manual_seed(chunk_seed(self.seed, chunk.index))
         labels = torch.from_numpy(chunk.labels).to(self.device)
         tokens, images, feats, logits = [], [], [], []
@@ -95,7 +100,7 @@ class SampleChunks:
         return S.SampledChunk(chunk.index, chunk.name, chunk.labels.tolist(), chunk.indices.tolist(),
                               np.concatenate(tokens), np.concatenate(images),
                               {"generate_s": generate_s, "decode_s": decode_s, "measure_s": measure_s},
-                              stats_file).to_row()
+                              stats_file)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -1,5 +1,5 @@
-"""CPU stage of the sampling job: a `SampledChunk` row -> its PNGs and its committed chunk file;
-returns a `ShardResult` row (rows = images).
+"""CPU stage of the sampling job: a `SampledChunk` -> its PNGs and its committed chunk file;
+returns a `ShardResult` (rows = images).
 
 Order of writes (pipelines.commit): every PNG (atomically, under `<output>/images/`), then
 `<output>/tokens/<chunk>.parquet`, its empty quarantine file and (with --reference-stats) its
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,10 +43,15 @@ def chunk_table(chunk: S.SampledChunk) -> pa.Table:
     }).cast(S.sample_schema(length))
 
 
-def write_chunk(row: dict[str, Any], output: str, table: str, seed: int,
-                storage_options: dict | None = None) -> dict[str, Any]:
-    """Ray Data stage: write a chunk's PNGs under `output`, then commit its rows under `table`."""
-    chunk = S.SampledChunk.from_row(row)
+def write_chunks(batch: pa.Table, output: str, table: str, seed: int, storage_options: dict | None = None) -> pa.Table:
+    """Ray Data stage: `SampledChunk` rows -> `ShardResult` rows, each chunk written and committed."""
+    return S.ShardResult.to_table([write_chunk(chunk, output, table, seed, storage_options)
+                                   for chunk in S.SampledChunk.from_table(batch)])
+
+
+def write_chunk(chunk: S.SampledChunk, output: str, table: str, seed: int,
+                storage_options: dict | None = None) -> S.ShardResult:
+    """Write a chunk's PNGs under `output`, then commit its rows under `table`."""
 
     def write(i: int) -> None:
         url = join_url(output, *image_file(chunk.labels[i], chunk.indices[i]).split("/"))
@@ -60,4 +64,4 @@ def write_chunk(row: dict[str, Any], output: str, table: str, seed: int,
     record = commit_shard(table, chunk.name, f"classes {classes[0]}..{classes[-1]}", chunk_table(chunk), [],
                           {"classes": classes, "images": len(chunk.labels), "seed": seed}, storage_options,
                           side_files=side)
-    return S.ShardResult(chunk.name, chunk.name, len(chunk.labels), [], False, record["bytes"], chunk.stats).to_row()
+    return S.ShardResult(chunk.name, chunk.name, len(chunk.labels), [], False, record["bytes"], chunk.stats)
