@@ -261,7 +261,7 @@ class DatasetMetadata:
 # blobs (`BLOBS`, e.g. a shard's decoded images) becomes one Arrow buffer, Ray moves it through the
 # object store, and the next stage reads numpy views of that buffer (`Blobs`). (Ray Data's row
 # path, `map`, serialised every ~28 MB shard row once more only to estimate its size, and converted
-# each value to Python and back: benchmarks/cpu_side.py measures the difference.)
+# each value to Python and back; README "Feeding the GPU" has the measurements.)
 # Numpy arrays travel as raw bytes plus their shape; quarantine records and statistics as JSON text.
 
 BLOB = "blob"
