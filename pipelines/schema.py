@@ -292,15 +292,15 @@ class Blobs(Sequence):
 
 
 def binary_array(values: Sequence, type: pa.DataType = pa.large_binary()) -> pa.Array:
-    """Blobs (bytes or numpy arrays) as one Arrow binary array, copied once into one buffer (a `Blobs`
-    read from a batch is passed on as it is)."""
+    """Blobs (bytes or numpy arrays) as one Arrow binary array in one buffer: several are copied once
+    into it, a single contiguous one is wrapped without a copy, a `Blobs` read from a batch is passed on."""
     if isinstance(values, Blobs):
         return values.arrow if values.arrow.type == type else values.arrow.cast(type)
     views = [np.frombuffer(v, np.uint8) if isinstance(v, bytes | bytearray | memoryview)
              else np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values]
     offsets = np.zeros(len(views) + 1, np.int64)
     np.cumsum([v.size for v in views], out=offsets[1:])
-    data = np.concatenate(views) if views else np.empty(0, np.uint8)
+    data = views[0] if len(views) == 1 else np.concatenate(views) if views else np.empty(0, np.uint8)
     array = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(views),
                                              [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     return array if type == pa.large_binary() else array.cast(type)
@@ -483,8 +483,8 @@ class EncodedShard(ShardRow):
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         row["errors"] = _errors_json(self.errors)
-        row["codes"], row["codes_shape"] = self.codes.astype(np.uint16), list(self.codes.shape)
-        row["view_offsets"] = self.view_offsets.astype(np.int32)
+        row["codes"], row["codes_shape"] = self.codes.astype(np.uint16, copy=False), list(self.codes.shape)
+        row["view_offsets"] = self.view_offsets.astype(np.int32, copy=False)
         row["view_offsets_shape"] = list(self.view_offsets.shape)
         row["stats"] = json.dumps(self.stats)
         return row
@@ -573,7 +573,7 @@ class EvaluatedShard(ShardRow):
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         row["errors"] = _errors_json(self.errors)
-        row["tokens"], row["tokens_shape"] = self.tokens.astype(np.uint16), list(self.tokens.shape)
+        row["tokens"], row["tokens_shape"] = self.tokens.astype(np.uint16, copy=False), list(self.tokens.shape)
         for name in ("psnr", "ssim", "lpips"):
             row[name] = np.asarray(row[name], np.float64)
         # two parallel lists: a dict's keys would become a struct type that differs between shards
@@ -623,8 +623,8 @@ class SampledChunk(ShardRow):
 
     def to_row(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "labels": self.labels, "indices": self.indices,
-                "tokens": self.tokens.astype(np.uint16), "tokens_shape": list(self.tokens.shape),
-                "images": self.images.astype(np.uint8), "images_shape": list(self.images.shape),
+                "tokens": self.tokens.astype(np.uint16, copy=False), "tokens_shape": list(self.tokens.shape),
+                "images": self.images.astype(np.uint8, copy=False), "images_shape": list(self.images.shape),
                 "stats": json.dumps(self.stats), "stats_file": self.stats_file}
 
     @classmethod

@@ -107,3 +107,12 @@ def test_rows_survive_the_object_store(ray_local, real_shard):
     decoded = decode_shard(real_shard, "s", DecodeOptions(image_format="jpeg"))
     assert all(np.array_equal(back.base_image(i), decoded.base_image(i)) for i in range(len(decoded)))
     assert [bytes(b) for b in back.images] == decoded.images
+
+
+def test_a_chunks_generated_images_are_wrapped_not_copied():
+    """One large array per row (a sampling chunk's images) becomes the Arrow buffer itself."""
+    chunk, _ = examples(S.SampledChunk)
+    table = S.SampledChunk.to_table([chunk])
+    assert table.column("images").chunk(0).buffers()[2].address == chunk.images.ctypes.data
+    (back,) = S.SampledChunk.from_table(table)
+    assert np.array_equal(back.images, chunk.images) and np.array_equal(back.tokens, chunk.tokens)
