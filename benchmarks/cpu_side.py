@@ -1,6 +1,6 @@
 """The CPU side of the shard jobs, as on a GPU node where the model costs next to nothing.
 
-    python benchmarks/cpu_side.py [--images 6144] [--repeats 3] [--image-format zstd] [--per-shard 64]
+    python benchmarks/cpu_side.py [--images 6144] [--repeats 3] [--image-format zstd] [--per-shard 256]
                                   [--only-regime]
 
 1. Per stage, ms per image on one thread, for precompute (which stores the base image) and tokenize
@@ -15,12 +15,15 @@
    DataLoader with one worker process per CPU, each decoding whole shards with the job's own
    decode function, and the main process running the job's own model and write functions; the job
    is `jobs/precompute_proxy.py` / `jobs/tokenize_dataset.py` with a model actor of 0.1 CPU (a GPU
-   actor mostly waits) and decode / write tasks that fit the remaining CPUs. Two image counts give
+   actor mostly waits; it also commits each shard, as the loop's main process writes) and decode
+   tasks that fit the remaining CPUs. Two image counts give
    the fixed cost and the steady-state images/s of each (`seconds = fixed + images / rate`); the
    steady-state ratio, job / loop, is printed last. One untimed run of each comes first (the first
    job of a Ray session also starts its worker processes), then job and loop alternate at every
-   count, `--repeats` times, and the medians are fitted. Shards hold `--per-shard` images (ImageNet
-   WebDataset shards usually hold ~1,000; the per-shard cost of Ray's tasks shows at small sizes).
+   count, `--repeats` times, and the medians are fitted. Shards hold `--per-shard` images (default
+   256; `jobs/make_shards.py` writes 1,000 per shard, as ImageNet WebDataset shards usually hold;
+   Ray's cost per shard, roughly 0.1-0.2 s of CPU across its task, actor call and scheduling, shows at
+   small sizes: try `--per-shard 64`).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from pipelines.preprocess import (
 from pipelines.tar_reader import Sample, iter_samples
 from titok_core import PRESETS, VQGAN_PRESETS, MaskGITVQGAN, TiTok, save_pretrained
 
-PER_SHARD = 64
+PER_SHARD = 256
 
 
 def ms(seconds: float, n: int) -> float:
@@ -168,7 +171,7 @@ def plain_loop(shards: list[str], out: Path, model_dir: str, image_format: str |
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=6144,
-                    help="a multiple of 192 (two counts: a third and all; the model actor's start-up, ~5 CPU-s, overlaps the decoding of the first ~1,000 images, so smaller counts do not reach the steady state)")
+                    help="a multiple of 3 x --per-shard (two counts: a third and all; the model actor's start-up, ~5 CPU-s, overlaps the decoding of the first ~1,000 images, so smaller counts do not reach the steady state)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-shard", type=int, default=PER_SHARD, help="images per input shard")
     ap.add_argument("--only-regime", action="store_true", help="skip part 1 (the per-stage costs)")

@@ -1,14 +1,20 @@
 """The rows between the stages of the shard jobs (pipelines.schema.ShardRow): Arrow batches whose
-large values (decoded images, stored images, codes) pass from stage to stage without copies."""
+large values (decoded images, stored images, codes) pass from stage to stage without copies; and
+the model actor that commits each shard beside the next one's forward pass."""
 
 from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 
 from pipelines import schema as S
 from pipelines.encode.decode import DecodeOptions, decode_shard, decode_shards
+from pipelines.encode.job import CALLS_PER_ACTOR, ModelThenCommit, Stage, model_then_commit
 from pipelines.quarantine import SampleErrorRecord
 from pipelines.shards import collect_images, pack
 
@@ -116,3 +122,46 @@ def test_a_chunks_generated_images_are_wrapped_not_copied():
     assert table.column("images").chunk(0).buffers()[2].address == chunk.images.ctypes.data
     (back,) = S.SampledChunk.from_table(table)
     assert np.array_equal(back.images, chunk.images) and np.array_equal(back.tokens, chunk.tokens)
+
+
+class _RecordingModel:
+    """A model stage that records how many of its calls run at once."""
+
+    def __init__(self, log: list):
+        self.log, self.active = log, 0
+
+    def __call__(self, batch):
+        self.active += 1
+        self.log.append(("model start", batch, self.active))
+        time.sleep(0.05)
+        self.log.append(("model end", batch, self.active))
+        self.active -= 1
+        return batch
+
+
+def _slow_commit(batch, log: list):
+    log.append(("commit start", batch))
+    time.sleep(0.3)
+    log.append(("commit end", batch))
+    return f"committed {batch}"
+
+
+def test_model_then_commit_runs_the_model_one_call_at_a_time_beside_earlier_commits():
+    """The shard jobs' actor: its calls run on threads; the model never runs twice at once (one model,
+    one GPU), while a shard's commit overlaps the next shard's forward pass."""
+    log: list = []
+    cls = model_then_commit(Stage(_RecordingModel, {"log": log}))
+    assert cls.__name__ == "_RecordingModelThenCommit"  # the name Ray Data shows for the operator
+    actor = cls(model=Stage(_RecordingModel, {"log": log}), write=Stage(_slow_commit, {"log": log}))
+    with ThreadPoolExecutor(CALLS_PER_ACTOR) as pool:
+        results = list(pool.map(actor, ["a", "b", "c", "d"]))
+    assert results == ["committed a", "committed b", "committed c", "committed d"]
+    assert {e[2] for e in log if e[0].startswith("model")} == {1}  # never two model calls at once
+    events = [e[:2] for e in log]
+    assert len(events) == 16
+    # while shard "a" was being committed, another shard went through the model
+    during_a = events[events.index(("commit start", "a")):events.index(("commit end", "a"))]
+    assert any(what == "model end" and shard != "a" for what, shard in during_a), events
+    # and the class ships to Ray's workers
+    clone = ray.cloudpickle.loads(ray.cloudpickle.dumps(cls))
+    assert clone.__name__ == cls.__name__ and issubclass(clone, ModelThenCommit)

@@ -6,15 +6,23 @@ unit of commit), in Arrow batches whose large values pass between stages without
 
     from_items(shards not yet committed)
       -> decode_shards          CPU tasks: read tar, quarantine bad samples, resize, store base image
-      -> EncodeViews            actor pool, one model per actor (GPU when asked): codes for every view
-      -> write_encoded_shards   CPU tasks: Parquet + errors + success record, atomically, per shard
+      -> EncodeViews + commit   actor pool, one model per actor (GPU when asked): codes for every view,
+                                then (write_encoded_shards) Parquet + errors + success record,
+                                atomically, per shard; two calls per actor, so one shard's commit
+                                overlaps the next one's forward pass
       -> driver                 progress, images/s, job summary
+
+The commit runs in the model actor rather than in tasks of its own: a separate write operator
+holds a task's worth of CPUs in Ray Data's per-operator reservation even while it waits, which on
+a small node left decoding one task at a time (75% busy on 2 cores, benchmarks/cpu_side.py), and
+every shard's stored images made one more trip through the object store.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -44,7 +52,7 @@ class EncodeJobConfig:
             model's identity, whether (and how) base images are stored.
         decode: image decoding options (its resolution is the dataset's crop size).
         workers: model actors; num_gpus / num_cpus: resources of one actor.
-        decode_cpus: CPUs per decode / write task.
+        decode_cpus: CPUs per decode task.
         threads: torch threads inside a model actor.
         batch_size: crops per forward pass.
         precision: auto | fp32 | bf16.
@@ -165,9 +173,9 @@ class ShardTally:
 
 
 class Stage(NamedTuple):
-    """A stage of the shard pipeline: a function (CPU tasks) or a callable class (the model actor pool)
-    from an Arrow batch of one kind of `schema.ShardRow` to a batch of the next, with its keyword
-    arguments (`fn_constructor_kwargs` for a class)."""
+    """A stage of the shard pipeline: a callable class (the model, one per actor) or a function (the
+    commit) from an Arrow batch of one kind of `schema.ShardRow` to a batch of the next, with its
+    keyword arguments (constructor arguments for a class)."""
 
     fn: Callable
     kwargs: dict[str, Any]
@@ -186,8 +194,35 @@ def encode_stages(cfg: EncodeJobConfig) -> tuple[Stage, Stage]:
     return model, write
 
 
+class ModelThenCommit:
+    """Ray Data callable class: a shard's model stage, then its commit, in one actor call.
+
+    The actor runs `CALLS_PER_ACTOR` calls at once on threads: the model runs one call at a time (a
+    lock; one model, one GPU), the commits of earlier shards run beside it (Parquet encoding and
+    storage writes mostly release the GIL).
+    """
+
+    def __init__(self, model: Stage, write: Stage):
+        self.model = model.fn(**model.kwargs)
+        self.write, self.write_kwargs = write.fn, write.kwargs
+        self.model_lock = threading.Lock()
+
+    def __call__(self, batch):
+        with self.model_lock:
+            encoded = self.model(batch)
+        return self.write(encoded, **self.write_kwargs)
+
+
+CALLS_PER_ACTOR = 2
+
+
+def model_then_commit(model: Stage) -> type:
+    """`ModelThenCommit` named after the model class, which is what Ray Data's progress bars and logs show."""
+    return type(f"{model.fn.__name__}ThenCommit", (ModelThenCommit,), {"__module__": __name__})
+
+
 def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tuple[Stage, Stage] | None = None):
-    """decode -> model -> write over the shards `todo`, one row per shard.
+    """decode -> model + commit over the shards `todo`, one row per shard.
 
     `stages` (model, write) replaces this job's own (`encode_stages`): another shard job (evaluation)
     keeps the decoding, resources, planning, commits and summary, and brings its own model work. Its
@@ -200,8 +235,8 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tup
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     # Ray Data's per-operator resource reservation stays on: it is what holds decoding back when the
-    # model falls behind. Without it every decode task is submitted at once (32 queued on 2 CPUs),
-    # write tasks wait behind them, and decoded shards pile up in the object store (benchmarks/cpu_side.py).
+    # model falls behind. Without it every decode task is submitted at once (32 queued on 2 CPUs) and
+    # decoded shards pile up in the object store (benchmarks/cpu_side.py).
     # One row per shard: never let Ray Data coalesce several shards into one task.
     ds = ray.data.from_items([{"shard": u, "name": n} for u, n in todo], override_num_blocks=len(todo))
     # Whole blocks (one shard each) as Arrow tables; storage credentials / endpoint reach every task,
@@ -209,9 +244,10 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tup
     common = {"batch_size": None, "batch_format": "pyarrow", "runtime_env": {"env_vars": forwarded_env()}}
     ds = ds.map_batches(decode_shards, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
                         num_cpus=cfg.decode_cpus, **common)
-    ds = ds.map_batches(model.fn, fn_constructor_kwargs=model.kwargs, compute=ActorPoolStrategy(size=cfg.workers),
-                        num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **common)
-    return ds.map_batches(write.fn, fn_kwargs=write.kwargs, num_cpus=cfg.decode_cpus, **common)
+    pool = ActorPoolStrategy(size=cfg.workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                             enable_true_multi_threading=True)
+    return ds.map_batches(model_then_commit(model), fn_constructor_kwargs={"model": model, "write": write},
+                          compute=pool, num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **common)
 
 
 def run(cfg: EncodeJobConfig, ray_address: str | None = None, *,

@@ -77,7 +77,7 @@ def add_compute_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=positive_int, default=1, help="model actors (one model each)")
     g.add_argument("--num-gpus", type=non_negative_float, default=0.0, help="GPUs per model actor (0: CPU)")
     g.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPUs reserved per model actor")
-    g.add_argument("--decode-cpus", type=positive_float, default=1.0, help="CPUs per decode / write task")
+    g.add_argument("--decode-cpus", type=positive_float, default=1.0, help="CPUs per decode task")
     g.add_argument("--threads", type=positive_int, default=None, help="torch threads inside a model actor")
     g.add_argument("--batch-size", type=positive_int, default=32, help="crops per forward pass")
     g.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
