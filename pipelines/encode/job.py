@@ -12,10 +12,11 @@ unit of commit), in Arrow batches whose large values pass between stages without
                                 overlaps the next one's forward pass
       -> driver                 progress, images/s, job summary
 
-The commit runs in the model actor rather than in tasks of its own: a separate write operator
-holds a task's worth of CPUs in Ray Data's per-operator reservation even while it waits, which on
-a small node left decoding one task at a time (75% busy on 2 cores, benchmarks/cpu_side.py), and
-every shard's stored images made one more trip through the object store.
+With as many CPUs per decode task as per actor and no GPU (the CPU defaults), Ray Data fuses the
+decoding into the actor too. The commit runs in the model actor rather than in tasks of its own: a
+separate write operator holds a task's worth of CPUs in Ray Data's per-operator reservation even
+while it waits, which on a small node left decoding one task at a time (75% busy on 2 cores,
+benchmarks/cpu_side.py), and every shard's stored images made one more trip through the object store.
 """
 
 from __future__ import annotations
