@@ -7,8 +7,9 @@ commits, with its own model and write stages:
     from_items(shards not yet committed)
       -> decode_shards             CPU tasks: read tar / proxy Parquet, quarantine, resize (shared)
       -> MeasureReconstructions    actor pool: centre crop, encode -> decode, uint8, PSNR / SSIM /
-                                   LPIPS, feature moments, token histogram, grid candidates
-      -> write_evaluated_shards    CPU tasks: per-image Parquet + _stats/ + _grids/, then the success record
+         + commit                  LPIPS, feature moments, token histogram, grid candidates; then, in
+                                   the same actor beside the next shard (write_evaluated_shards):
+                                   per-image Parquet + _stats/ + _grids/, then the success record
       -> driver                    merge every committed shard (also skipped ones), compute FID once,
                                    metrics.json, metrics.md, worst.png / best.png
 
