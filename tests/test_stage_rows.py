@@ -14,7 +14,7 @@ import ray
 
 from pipelines import schema as S
 from pipelines.encode.decode import DecodeOptions, decode_shard, decode_shards
-from pipelines.encode.job import CALLS_PER_ACTOR, ModelThenCommit, Stage, model_then_commit
+from pipelines.encode.job import CALLS_PER_GPU_ACTOR, ModelThenCommit, Stage, model_then_commit
 from pipelines.quarantine import SampleErrorRecord
 from pipelines.shards import collect_images, pack
 
@@ -147,13 +147,13 @@ def _slow_commit(batch, log: list):
 
 
 def test_model_then_commit_runs_the_model_one_call_at_a_time_beside_earlier_commits():
-    """The shard jobs' actor: its calls run on threads; the model never runs twice at once (one model,
-    one GPU), while a shard's commit overlaps the next shard's forward pass."""
+    """The shard jobs' actor with a GPU: its calls run on threads; the model never runs twice at once
+    (one model, one GPU), while a shard's commit overlaps the next shard's forward pass."""
     log: list = []
     cls = model_then_commit(Stage(_RecordingModel, {"log": log}))
     assert cls.__name__ == "_RecordingModelThenCommit"  # the name Ray Data shows for the operator
     actor = cls(model=Stage(_RecordingModel, {"log": log}), write=Stage(_slow_commit, {"log": log}))
-    with ThreadPoolExecutor(CALLS_PER_ACTOR) as pool:
+    with ThreadPoolExecutor(CALLS_PER_GPU_ACTOR) as pool:
         results = list(pool.map(actor, ["a", "b", "c", "d"]))
     assert results == ["committed a", "committed b", "committed c", "committed d"]
     assert {e[2] for e in log if e[0].startswith("model")} == {1}  # never two model calls at once

@@ -8,8 +8,8 @@ unit of commit), in Arrow batches whose large values pass between stages without
       -> decode_shards          CPU tasks: read tar, quarantine bad samples, resize, store base image
       -> EncodeViews + commit   actor pool, one model per actor (GPU when asked): codes for every view,
                                 then (write_encoded_shards) Parquet + errors + success record,
-                                atomically, per shard; two calls per actor, so one shard's commit
-                                overlaps the next one's forward pass
+                                atomically, per shard; with a GPU two calls per actor, so one
+                                shard's commit overlaps the next one's forward pass
       -> driver                 progress, images/s, job summary
 
 With as many CPUs per decode task as per actor and no GPU (the CPU defaults), Ray Data fuses the
@@ -22,6 +22,7 @@ benchmarks/cpu_side.py), and every shard's stored images made one more trip thro
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from ..preprocess import view_specs
 from ..runtime import forwarded_env, init_ray
 from ..storage import expand_inputs, get_fs, is_local, s3_endpoint, storage_failure
 from .decode import DecodeOptions, decode_shards
-from .model import INFERENCE_PRECISIONS
+from .model import FREE_MODEL_ENV, INFERENCE_PRECISIONS
 
 log = logging.getLogger("titok.encode")
 
@@ -198,9 +199,9 @@ def encode_stages(cfg: EncodeJobConfig) -> tuple[Stage, Stage]:
 class ModelThenCommit:
     """Ray Data callable class: a shard's model stage, then its commit, in one actor call.
 
-    The actor runs `CALLS_PER_ACTOR` calls at once on threads: the model runs one call at a time (a
-    lock; one model, one GPU), the commits of earlier shards run beside it (Parquet encoding and
-    storage writes mostly release the GIL).
+    With a GPU the actor runs `CALLS_PER_GPU_ACTOR` calls at once on threads (`calls_per_actor`): the
+    model runs one call at a time (a lock; one model, one GPU), the commits of earlier shards run
+    beside it (Parquet encoding and storage writes mostly release the GIL).
     """
 
     def __init__(self, model: Stage, write: Stage):
@@ -214,7 +215,15 @@ class ModelThenCommit:
         return self.write(encoded, **self.write_kwargs)
 
 
-CALLS_PER_ACTOR = 2
+CALLS_PER_GPU_ACTOR = 2
+
+
+def calls_per_actor(cfg: EncodeJobConfig) -> int:
+    """Calls one model actor runs at once: two when its model runs on a GPU (or stands for one: the
+    benchmarks' free model), so that one shard's commit overlaps the next one's forward pass; one on
+    CPU, where the model already keeps the actor's CPUs busy and a second call only competes with it
+    (benchmarks/precompute.py, bf16: 0.88-0.90x a plain loop with two calls, 1.01x with one)."""
+    return CALLS_PER_GPU_ACTOR if cfg.num_gpus > 0 or os.environ.get(FREE_MODEL_ENV) else 1
 
 
 def model_then_commit(model: Stage) -> type:
@@ -245,8 +254,9 @@ def build_dataset(cfg: EncodeJobConfig, todo: list[tuple[str, str]], stages: tup
     common = {"batch_size": None, "batch_format": "pyarrow", "runtime_env": {"env_vars": forwarded_env()}}
     ds = ds.map_batches(decode_shards, fn_kwargs={"opts": cfg.decode, "storage_options": cfg.storage_options},
                         num_cpus=cfg.decode_cpus, **common)
-    pool = ActorPoolStrategy(size=cfg.workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                             enable_true_multi_threading=True)
+    calls = calls_per_actor(cfg)
+    pool = ActorPoolStrategy(size=cfg.workers, max_concurrent_calls_per_actor=calls,
+                             enable_true_multi_threading=calls > 1)
     return ds.map_batches(model_then_commit(model), fn_constructor_kwargs={"model": model, "write": write},
                           compute=pool, num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus, **common)
 
