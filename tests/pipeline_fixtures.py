@@ -140,6 +140,17 @@ def committed_shards(out: Path) -> int:
     return len(list(d.glob("*.json"))) if d.exists() else 0
 
 
+def settled_commits(out: Path, quiet: float = 3.0, timeout: float = 60.0) -> int:
+    """Committed shards once a killed job has stopped committing. A kill -9 of the driver leaves its Ray
+    workers running until the cluster notices; a shard a worker is already committing may still land."""
+    last, since, deadline = committed_shards(out), time.time(), time.time() + timeout
+    while time.time() - since < quiet and time.time() < deadline:
+        time.sleep(0.2)
+        if (now := committed_shards(out)) != last:
+            last, since = now, time.time()
+    return last
+
+
 @pytest.fixture(scope="session")
 def sample_labels() -> dict[str, int]:
     return {im.key: im.label for im in collect_images(str(SAMPLE), labels=str(SAMPLE / "labels.tsv"))}

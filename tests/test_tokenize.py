@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from pipeline_fixtures import committed_shards, s3_with_shards
+from pipeline_fixtures import committed_shards, s3_with_shards, settled_commits
 
 from jobs.precompute_proxy import main as precompute
 from jobs.tokenize_dataset import main
@@ -141,7 +141,7 @@ def test_kill_minus_9_and_rerun_gives_every_sample_exactly_once(ray_head, many_s
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed = committed_shards(out)
+    committed = settled_commits(out)  # a shard being committed at the kill may still land
     assert 1 <= committed < 10, "killed between the first and the last commit"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
