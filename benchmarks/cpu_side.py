@@ -22,8 +22,8 @@
    job of a Ray session also starts its worker processes), then job and loop alternate at every
    count, `--repeats` times, and the medians are fitted. Shards hold `--per-shard` images (default
    256; `jobs/make_shards.py` writes 1,000 per shard, as ImageNet WebDataset shards usually hold;
-   Ray's cost per shard, roughly 0.1-0.2 s of CPU across its task, actor call and scheduling, shows at
-   small sizes: try `--per-shard 64`).
+   Ray's cost per shard, roughly 0.2-0.25 s of CPU on the 2-core VM across its task, actor call and
+   scheduling, shows at small sizes: try `--per-shard 64`).
 """
 
 from __future__ import annotations
